@@ -1,0 +1,84 @@
+# Subgate developer commands. `make run` starts the stack, `make test` runs the suite.
+# Recipes are POSIX sh and work with the GNU make 3.81 that macOS ships.
+
+PYTHON ?= python3
+VENV ?= .venv
+VENV_PY := $(VENV)/bin/python
+STAMP := $(VENV)/.subgate-installed
+PYTEST_ARGS ?=
+STOREKIT_DIR ?= .data/dev-storekit
+
+.PHONY: help venv install run test lint certs storekit-dev clean distclean
+
+help:
+	@echo "make run           start Redis (embedded if needed), auth and gateway"
+	@echo "make test          run the whole test suite (PYTEST_ARGS=... to narrow it)"
+	@echo "make lint          ruff check, ruff format --check, mypy"
+	@echo "make install       create $(VENV) and install the pinned dependencies"
+	@echo "make certs         fetch Apple's root certificates into certs/"
+	@echo "make storekit-dev  create a local test root for signing test purchases"
+	@echo "make clean         remove caches (keeps $(VENV), .env and .data)"
+	@echo "make distclean     also remove $(VENV)"
+
+venv: $(VENV_PY)
+
+$(VENV_PY):
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+		echo "Subgate needs Python 3.11 or newer; '$(PYTHON)' is:"; \
+		$(PYTHON) --version; \
+		echo "Install 3.11+ and run: make PYTHON=python3.11 ..."; \
+		exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+install: $(STAMP)
+
+# Re-installs whenever the lock or the project's dependency lists change.
+$(STAMP): $(VENV_PY) requirements.lock pyproject.toml
+	@$(VENV_PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+		echo "$(VENV) uses Python older than 3.11; run 'make distclean' first."; \
+		exit 1; }
+	$(VENV_PY) -m pip install --quiet -c requirements.lock -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV_PY) scripts/run_stack.py
+
+test: $(STAMP)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+certs:
+	@if [ -f scripts/fetch_apple_certs.sh ]; then \
+		sh scripts/fetch_apple_certs.sh; \
+	else \
+		echo "scripts/fetch_apple_certs.sh is not there yet. Download Apple's roots"; \
+		echo "(AppleRootCA-G3.cer at least) from https://www.apple.com/certificateauthority/"; \
+		echo "into certs/ by hand."; \
+		exit 1; \
+	fi
+
+storekit-dev: $(STAMP)
+	$(VENV_PY) -m auth_service.dev_storekit init --dir $(STOREKIT_DIR)
+	@echo ""
+	@echo "A local test root is in $(STOREKIT_DIR). Nothing trusts it unless you say so."
+	@echo "To try a login against it, start the stack trusting that root:"
+	@echo ""
+	@echo "  APPLE_ROOT_CERTS_DIR=$(STOREKIT_DIR) APPSTORE_ENVIRONMENT=Sandbox \\"
+	@echo "  APPSTORE_ONLINE_CHECKS=0 APP_BUNDLE_ID=com.example.app make run"
+	@echo ""
+	@echo "then, in another terminal, sign a test purchase and log in with it:"
+	@echo ""
+	@echo "  JWS=\$$($(VENV_PY) -m auth_service.dev_storekit sign \\"
+	@echo "      --dir $(STOREKIT_DIR) --bundle-id com.example.app)"
+	@echo "  curl -s -X POST --data-binary \"\$$JWS\" http://127.0.0.1:8080/appstore"
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -type d ! -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)
