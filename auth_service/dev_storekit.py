@@ -98,7 +98,8 @@ class DevChain:
         """Put the root (DER) into a trusted-roots directory; returns its path."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / "subgate-dev-root.cer"
+        fingerprint = self.root.cert.fingerprint(hashes.SHA256()).hex()[:12]
+        path = directory / f"subgate-dev-root-{fingerprint}.cer"
         path.write_bytes(self.root_der)
         return path
 
