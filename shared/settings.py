@@ -310,11 +310,18 @@ def _raw_value(
     return None, meta["env"]
 
 
+def default_env_file() -> str:
+    """The `.env` file to read: SUBGATE_ENV_FILE, or `.env` in the working folder."""
+    return os.environ.get("SUBGATE_ENV_FILE") or ".env"
+
+
 def load_settings(
-    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = "default"
 ) -> Settings:
     """Build the settings, or raise SettingsError with one line per problem."""
     env = os.environ if environ is None else environ
+    if env_file == "default":
+        env_file = default_env_file()
     dotenv: dict[str, str] = {}
     if env_file and Path(env_file).is_file():
         dotenv = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
@@ -334,6 +341,26 @@ def load_settings(
     if problems:
         raise SettingsError(problems)
     return Settings(**values)
+
+
+def load_redis_settings(
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+) -> tuple[str, bool]:
+    """Only `REDIS_URL` and `REDIS_CLUSTER`, for tools that run without JWT_SECRET."""
+    env = os.environ if environ is None else environ
+    dotenv: dict[str, str] = {}
+    if env_file and Path(env_file).is_file():
+        dotenv = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    specs = {spec.name: spec for spec in fields(Settings)}
+    values: dict[str, Any] = {}
+    for name in ("redis_url", "redis_cluster"):
+        meta = specs[name].metadata
+        raw, found = _raw_value(meta, env, dotenv)
+        try:
+            values[name] = meta["cast"](raw if raw is not None else meta["raw_default"])
+        except ValueError as exc:
+            raise SettingsError([f"{found} {exc}."]) from None
+    return values["redis_url"], values["redis_cluster"]
 
 
 def _missing_message(name: str) -> str:

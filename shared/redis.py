@@ -1,0 +1,145 @@
+"""Redis clients for Subgate and the outage tracking both services share.
+
+Clients use short timeouts and no retries, so a dead Redis costs a request about half a
+second at most; `RedisHealth` turns a stream of failures into one log line per outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
+from redis.maint_notifications import MaintNotificationsConfig
+from redis.retry import Retry
+
+from shared.errors import Unavailable
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_SECONDS = 0.5
+READ_TIMEOUT_SECONDS = 0.5
+HEALTH_CHECK_INTERVAL_SECONDS = 15
+# The most one Redis operation may take, whatever the client does inside it.
+OPERATION_TIMEOUT_SECONDS = 1.0
+
+AsyncRedis = redis.asyncio.Redis | redis.asyncio.RedisCluster
+SyncRedis = redis.Redis | redis.RedisCluster
+
+# What a failing Redis raises, whichever client is used.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    RedisError,
+    RedisClusterException,
+    OSError,
+    asyncio.TimeoutError,
+)
+
+
+def _options() -> dict[str, Any]:
+    return {
+        "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        "socket_timeout": READ_TIMEOUT_SECONDS,
+        "health_check_interval": HEALTH_CHECK_INTERVAL_SECONDS,
+        "decode_responses": True,
+        # Plain Redis and Valkey send no maintenance notifications; skip the handshake.
+        "maint_notifications_config": MaintNotificationsConfig(enabled=False),
+    }
+
+
+def create_redis(url: str, *, cluster: bool) -> AsyncRedis:
+    """An asyncio client for `redis://`, `rediss://` or `unix://` URLs.
+
+    Nothing is connected yet, so a service can start while Redis is down.
+    Responses are decoded to `str`.
+    """
+    if cluster:
+        # One immediate retry: a fresh Cluster client's first concurrent commands
+        # race with its slot discovery, and a failover answers MOVED once.
+        return redis.asyncio.RedisCluster.from_url(
+            url, retry=AsyncRetry(NoBackoff(), 1), **_options()
+        )
+    return redis.asyncio.Redis.from_url(
+        url, retry=AsyncRetry(NoBackoff(), 0), **_options()
+    )
+
+
+def create_sync_redis(url: str, *, cluster: bool) -> SyncRedis:
+    """A blocking client with the same options, for command-line tools."""
+    if cluster:
+        return redis.RedisCluster.from_url(
+            url, retry=Retry(NoBackoff(), 1), **_options()
+        )
+    return redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **_options())
+
+
+class RedisHealth:
+    """Whether Redis answered lately; logs once when an outage starts and ends."""
+
+    def __init__(self, client: AsyncRedis | None = None) -> None:
+        self._client = client
+        self._healthy = True
+        self._down_since = 0.0
+        self._failures = 0
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def record_failure(self, exc: BaseException) -> None:
+        """Note a failed call; only the first of an outage is logged."""
+        self._failures += 1
+        if not self._healthy:
+            return
+        self._healthy = False
+        self._down_since = time.monotonic()
+        logger.warning(
+            "Redis is unreachable (%s: %s); failing requests until it answers again",
+            type(exc).__name__,
+            exc,
+        )
+
+    def record_success(self) -> None:
+        """Note a successful call; the first after an outage is logged."""
+        if self._healthy:
+            return
+        self._healthy = True
+        logger.info(
+            "Redis answers again after %.1f s and %d failed calls",
+            time.monotonic() - self._down_since,
+            self._failures,
+        )
+        self._failures = 0
+
+    async def probe(self) -> bool:
+        """PING Redis (for /readyz), record the outcome and return it."""
+        if self._client is None:
+            raise RuntimeError("RedisHealth.probe needs a client")
+        try:
+            async with asyncio.timeout(OPERATION_TIMEOUT_SECONDS):
+                await self._client.ping()
+        except REDIS_ERRORS as exc:
+            self.record_failure(exc)
+            return False
+        self.record_success()
+        return True
+
+
+@contextmanager
+def unavailable_on_failure(health: RedisHealth | None = None) -> Iterator[None]:
+    """Turn a Redis failure inside the block into `Unavailable`, noting it in health."""
+    try:
+        yield
+    except REDIS_ERRORS as exc:
+        if health is not None:
+            health.record_failure(exc)
+        raise Unavailable() from exc
+    if health is not None:
+        health.record_success()
