@@ -62,12 +62,18 @@ certs:
 	fi
 
 storekit-dev: $(STAMP)
-	$(VENV_PY) -m auth_service.dev_storekit init --dir $(STOREKIT_DIR)
+	@if [ -f $(STOREKIT_DIR)/root.cer ]; then \
+		echo "Using the development chain already in $(STOREKIT_DIR)."; \
+	else \
+		$(VENV_PY) -m auth_service.dev_storekit init --dir $(STOREKIT_DIR); \
+	fi
+	@mkdir -p $(STOREKIT_DIR)/trusted
+	@cp $(STOREKIT_DIR)/root.cer $(STOREKIT_DIR)/trusted/subgate-dev-root.cer
 	@echo ""
-	@echo "A local test root is in $(STOREKIT_DIR). Nothing trusts it unless you say so."
-	@echo "To try a login against it, start the stack trusting that root:"
+	@echo "$(STOREKIT_DIR)/trusted now holds only the test root. Nothing trusts it"
+	@echo "unless you say so. To try a login, start the stack trusting it:"
 	@echo ""
-	@echo "  APPLE_ROOT_CERTS_DIR=$(STOREKIT_DIR) APPSTORE_ENVIRONMENT=Sandbox \\"
+	@echo "  APPLE_ROOT_CERTS_DIR=$(STOREKIT_DIR)/trusted APPSTORE_ENVIRONMENT=Sandbox \\"
 	@echo "  APPSTORE_ONLINE_CHECKS=0 APP_BUNDLE_ID=com.example.app make run"
 	@echo ""
 	@echo "then, in another terminal, sign a test purchase and log in with it:"
@@ -75,6 +81,8 @@ storekit-dev: $(STAMP)
 	@echo "  JWS=\$$($(VENV_PY) -m auth_service.dev_storekit sign \\"
 	@echo "      --dir $(STOREKIT_DIR) --bundle-id com.example.app)"
 	@echo "  curl -s -X POST --data-binary \"\$$JWS\" http://127.0.0.1:8080/appstore"
+	@echo ""
+	@echo "(sign also takes --product-id, --type, --expires-in, --environment.)"
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -36,6 +36,7 @@ LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 REDIS_START_TIMEOUT = 15.0
 READY_TIMEOUT = 60.0
 REDIS_STOP_TIMEOUT = 10.0
+GROUP_GONE_TIMEOUT = 5.0
 COLOURS = {"redis": "31", "auth": "35", "gateway": "36", "stack": "1"}
 
 
@@ -82,6 +83,24 @@ class Child:
         self.signal_group(signal.SIGKILL)
         self.process.wait()
         self.reader.join(2)
+        self._wait_group_gone(GROUP_GONE_TIMEOUT)
+
+    def _wait_group_gone(self, timeout: float) -> None:
+        """Orphaned grandchildren linger until init reaps them; wait for that."""
+        deadline = time.monotonic() + timeout
+        while self.group_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self.group_alive():
+            say("stack", f"some of {self.name}'s processes are still there")
+
+    def group_alive(self) -> bool:
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
 
 def start_child(name: str, args: list[str], env: dict[str, str]) -> Child:
