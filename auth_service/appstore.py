@@ -338,7 +338,8 @@ def _plan_signed(plan: _Plan, settings: Settings) -> None:
         plan.turn_off(
             "App Store logins are off: APPLE_ROOT_CERTS_DIR holds no certificate.",
             f"Put Apple's root certificates (.cer/.der, for example AppleRootCA-G3.cer "
-            f"from https://www.apple.com/certificateauthority/) into {directory}.",
+            f"from https://www.apple.com/certificateauthority/) into "
+            f"{settings.apple_root_certs_dir}.",
         )
         return
 
@@ -357,7 +358,7 @@ def _plan_signed(plan: _Plan, settings: Settings) -> None:
     checks = "OCSP checks on" if online else "online checks off"
     plan.note(
         f"App Store logins for {settings.app_bundle_id}: {', then '.join(names)} "
-        f"({len(roots)} trusted roots from {directory}; {checks})."
+        f"({len(roots)} trusted roots from {settings.apple_root_certs_dir}; {checks})."
     )
 
 

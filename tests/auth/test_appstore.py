@@ -277,6 +277,24 @@ async def test_appstore_subscription_without_expiry_is_refused(
     await refused(verifier, jws)
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"expiresDate": "soon"},
+        {"originalTransactionId": None},
+        {"transactionId": None},
+    ],
+)
+async def test_appstore_signed_but_malformed_transaction_is_refused(
+    make_verifier: MakeVerifier, chain: DevChain, fields: dict[str, Any]
+) -> None:
+    jws = chain.sign_transaction(bundle_id=BUNDLE, **fields)
+
+    error = await refused(make_verifier(), jws)
+
+    assert error.message == appstore.NOT_VERIFIED
+
+
 async def test_appstore_revoked_purchase_is_refused(
     make_verifier: MakeVerifier, chain: DevChain
 ) -> None:
