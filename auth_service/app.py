@@ -1,0 +1,135 @@
+"""Assembles the auth service: login at `/appstore`, health, start-up and shutdown."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+
+from auth_service.appstore import PurchaseVerifier, decode_body
+from shared import metrics
+from shared.asgi import (
+    ASGIApp,
+    Receive,
+    RequestContext,
+    Scope,
+    Send,
+    client_address,
+    read_body,
+    request_info,
+    send_answer,
+)
+from shared.errors import Banned, LoginRateLimited, NotFound, SubscriptionRequired
+from shared.limits import LoginLimiter, is_banned
+from shared.redis import RedisHealth, create_redis
+from shared.revocations import RevocationStore
+from shared.settings import Settings
+from shared.tokens import TokenSigner
+
+logger = logging.getLogger(__name__)
+
+# A StoreKit JWS is a few kilobytes; a legacy receipt can reach a few hundred.
+MAX_LOGIN_BODY = 1 << 20
+
+
+class AuthService:
+    """The auth service's ASGI application (without the outer request context)."""
+
+    def __init__(
+        self, settings: Settings, verifier: PurchaseVerifier | None = None
+    ) -> None:
+        self.settings = settings
+        self.draining = False
+        self.redis = create_redis(settings.redis_url, cluster=settings.redis_cluster)
+        self.health = RedisHealth(self.redis)
+        self.verifier = verifier or PurchaseVerifier.from_settings(settings)
+        self.signer = TokenSigner(settings)
+        self.revocations = RevocationStore(self.redis, health=self.health)
+        self.login_limiter = LoginLimiter(
+            self.redis,
+            settings.login_rate_limit,
+            health=self.health,
+            fail_open=settings.rate_limit_fail_open,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        path, method = scope["path"], scope["method"]
+        if path == "/appstore" and method == "POST":
+            await self.login(scope, receive, send)
+        elif path == "/healthz":
+            await send_answer(send, 200, b'{"status":"ok"}')
+        elif path == "/readyz":
+            await self._readyz(send)
+        else:
+            raise NotFound()
+
+    async def login(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Turn proof of a purchase into a session token."""
+        info = request_info(scope)
+        info.route = "/appstore"
+        address = client_address(scope, self.settings.trusted_proxies)
+        retry_after = await self.login_limiter.hit(address)
+        if retry_after is not None:
+            metrics.LOGINS.labels("rate_limited").inc()
+            raise LoginRateLimited(retry_after)
+
+        text = decode_body(await read_body(receive, MAX_LOGIN_BODY))
+        try:
+            purchase = await self.verifier.verify_transaction(text)
+        except SubscriptionRequired:
+            metrics.LOGINS.labels("refused").inc()
+            raise
+        info.user = purchase.user_id
+        await self._check_standing(purchase.user_id, purchase.original_transaction_id)
+
+        token, expires_at = self.signer.mint(
+            purchase.user_id,
+            original_transaction_id=purchase.original_transaction_id,
+            environment=purchase.environment,
+            product_id=purchase.product_id,
+            not_after=purchase.expires_at,
+        )
+        metrics.LOGINS.labels("ok").inc()
+        body = orjson.dumps({"token": token, "expires_at": expires_at})
+        await send_answer(send, 200, body)
+
+    async def _check_standing(self, user: str, otid: str) -> None:
+        """Banned users and revoked purchases get no token."""
+        if await is_banned(self.redis, user, health=self.health):
+            metrics.LOGINS.labels("banned").inc()
+            raise Banned()
+        if await self.revocations.is_revoked(user, otid):
+            metrics.LOGINS.labels("revoked").inc()
+            raise SubscriptionRequired("This purchase has been refunded or revoked.")
+
+    async def _readyz(self, send: Send) -> None:
+        if self.draining:
+            await send_answer(send, 503, b'{"status":"draining"}')
+        elif await self.health.probe():
+            await send_answer(send, 200, b'{"status":"ready"}')
+        elif self.settings.rate_limit_fail_open:
+            await send_answer(send, 200, b'{"status":"degraded","redis":"unreachable"}')
+        else:
+            await send_answer(
+                send, 503, b'{"status":"unavailable","redis":"unreachable"}'
+            )
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.verifier.close()
+                await self.redis.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings) -> tuple[ASGIApp, AuthService]:
+    """The auth service wrapped in its request context, and the service itself."""
+    service = AuthService(settings)
+    return RequestContext(service, "auth"), service

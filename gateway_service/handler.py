@@ -1,0 +1,118 @@
+"""The `/v1/...` endpoint: who calls, may they, how many times, and where it goes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+
+from gateway_service.callers import Caller, CallerAuthenticator
+from gateway_service.forwarding import Forwarder, Outbound
+from gateway_service.providers.config import ProviderRegistry
+from gateway_service.relay import until_disconnect
+from gateway_service.routing import PathRules, route_label
+from shared import metrics
+from shared.asgi import Receive, Scope, Send, header, read_body, request_info
+from shared.errors import (
+    EndpointNotAllowed,
+    InvalidRequest,
+    RequestTooLarge,
+    UpstreamUnreachable,
+)
+from shared.limits import Decision, RateLimiter, decision_error
+from shared.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class ApiHandler:
+    """Serves every `/v1/...` request."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        authenticator: CallerAuthenticator,
+        limiter: RateLimiter,
+        forwarder: Forwarder,
+        registry: ProviderRegistry,
+    ) -> None:
+        self._rules = PathRules(settings.allowed_paths)
+        self._authenticator = authenticator
+        self._limiter = limiter
+        self._forwarder = forwarder
+        self._registry = registry
+        self._max_body = settings.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        info = request_info(scope)
+        method, path = scope["method"], scope["path"]
+        native = path == "/v1/messages" or path.startswith("/v1/messages/")
+        info.route = route_label(path)
+        if native:
+            info.shape = "anthropic"
+
+        caller = self._authenticator.authenticate(scope, accept_api_key_header=native)
+        info.user = caller.user_id
+        if not self._rules.allows(method, path, scope.get("raw_path") or b""):
+            raise EndpointNotAllowed()
+        self._check_declared_length(scope)
+
+        decision = await self._admit(caller)
+        body = await read_body(receive, self._max_body)
+        outbound = self._forwarder.plan(scope, body, caller, _json_body(scope, body))
+        info.provider, info.model = outbound.provider, outbound.model
+
+        try:
+            await until_disconnect(
+                self._forwarder.deliver(outbound, send, _limit_headers(decision), info),
+                receive,
+            )
+        except UpstreamUnreachable:
+            await self._limiter.give_back(caller.user_id, decision)
+            raise
+
+    async def _admit(self, caller: Caller) -> Decision:
+        decision = await self._limiter.check(
+            caller.user_id,
+            limits=caller.limits,
+            otid=caller.original_transaction_id,
+        )
+        metrics.LIMITER_DECISIONS.labels(decision.reason).inc()
+        error = decision_error(decision)
+        if error is not None:
+            raise error
+        return decision
+
+    def _check_declared_length(self, scope: Scope) -> None:
+        declared = header(scope, b"content-length")
+        if declared and declared.isdigit() and int(declared) > self._max_body:
+            raise RequestTooLarge()
+
+
+def _json_body(scope: Scope, body: bytes) -> dict[str, Any] | None:
+    """The parsed body of a JSON request, None for other content types."""
+    content_type = header(scope, b"content-type") or ""
+    if not body or not content_type.startswith("application/json"):
+        return None
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest("The request body is not valid JSON.") from exc
+    if not isinstance(parsed, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    return parsed
+
+
+def _limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
+    headers = []
+    if decision.remaining_minute is not None:
+        value = str(decision.remaining_minute).encode()
+        headers.append((b"x-ratelimit-remaining-minute", value))
+    if decision.remaining_hour is not None:
+        value = str(decision.remaining_hour).encode()
+        headers.append((b"x-ratelimit-remaining-hour", value))
+    return headers
+
+
+__all__ = ["ApiHandler", "Outbound"]

@@ -1,0 +1,98 @@
+"""Relaying a provider's answer to the client as it arrives, and noticing when the
+client goes away so the provider call is cancelled at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import aiohttp
+
+from shared import metrics
+from shared.asgi import ClientDisconnected, Receive, Send
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Transform = Callable[[bytes], bytes]
+
+
+async def until_disconnect(work: Awaitable[T], receive: Receive) -> T:
+    """Run `work` to its end, or cancel it as soon as the client disconnects.
+
+    Call only after the request body was read, so `receive` has nothing else to say.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    raise ClientDisconnected()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def is_event_stream(response: aiohttp.ClientResponse) -> bool:
+    return response.headers.get("content-type", "").startswith("text/event-stream")
+
+
+async def relay_body(
+    response: aiohttp.ClientResponse,
+    send: Send,
+    *,
+    transform: Transform | None = None,
+    finish: Callable[[], bytes] | None = None,
+    broken: Callable[[], bytes] | None = None,
+) -> None:
+    """Send the provider's body chunk by chunk (after the client got the headers).
+
+    `transform` rewrites each chunk (translation), `finish` adds a tail at the end, and
+    `broken` gives the bytes that tell the client the stream failed midway; without
+    it a failure mid-body aborts the connection so the client cannot mistake a
+    truncated answer for a whole one.
+    """
+    streaming = is_event_stream(response)
+    if streaming:
+        metrics.ACTIVE_STREAMS.inc()
+    try:
+        await _pump(response, send, transform)
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        metrics.UPSTREAM_ERRORS.labels("relay", "broken_stream").inc()
+        logger.warning("Upstream answer broke off midway: %s", type(exc).__name__)
+        if broken is None:
+            raise ClientDisconnected() from exc
+        await send({"type": "http.response.body", "body": broken()})
+        return
+    finally:
+        if streaming:
+            metrics.ACTIVE_STREAMS.dec()
+        response.release()
+    tail = finish() if finish else b""
+    await send({"type": "http.response.body", "body": tail})
+
+
+async def _pump(
+    response: aiohttp.ClientResponse, send: Send, transform: Transform | None
+) -> None:
+    async for chunk in response.content.iter_any():
+        out = transform(chunk) if transform else chunk
+        if out:
+            await send({"type": "http.response.body", "body": out, "more_body": True})

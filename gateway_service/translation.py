@@ -1,0 +1,105 @@
+"""Glue between the gateway and the Anthropic translator: plan the Messages call for an
+OpenAI Chat Completions request, and send the translated answer back.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
+
+from gateway_service.providers import anthropic
+from gateway_service.providers.config import ModelConfig, Provider
+from gateway_service.relay import is_event_stream, relay_body
+from shared.asgi import JSON_HEADERS, RequestInfo, Send
+from shared.errors import SubgateError
+from shared.identity import provider_user_hash
+from shared.settings import Secret
+
+if TYPE_CHECKING:
+    from gateway_service.callers import Caller
+    from gateway_service.forwarding import Outbound
+
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+def plan_translated(
+    provider: Provider,
+    model: ModelConfig,
+    payload: dict[str, Any],
+    caller: Caller,
+    key: Secret,
+) -> Outbound:
+    """The Anthropic Messages call that answers an OpenAI Chat Completions request."""
+    from gateway_service.forwarding import Outbound
+
+    user_hash = provider_user_hash(caller.user_id)
+    body = anthropic.translate_request(payload, user_hash=user_hash, model=model)
+    stream = bool(payload.get("stream"))
+    options = payload.get("stream_options")
+    include_usage = (
+        stream and isinstance(options, dict) and bool(options.get("include_usage"))
+    )
+    headers = {**provider.extra_headers, **anthropic.upstream_headers(key.get())}
+    return Outbound(
+        provider=provider.name,
+        mode="translated",
+        shape="openai",
+        method="POST",
+        url=provider.endpoint("/v1/messages"),
+        headers=headers,
+        body=orjson.dumps(body),
+        model=str(payload.get("model")),
+        own_key=caller.own_key is not None,
+        stream=stream,
+        include_usage=include_usage,
+    )
+
+
+async def relay_translated(
+    outbound: Outbound,
+    response: aiohttp.ClientResponse,
+    send: Send,
+    extra_headers: list[tuple[bytes, bytes]],
+    info: RequestInfo,
+) -> None:
+    """Send Anthropic's answer to the client in OpenAI's format."""
+    created = int(time.time())
+    if is_event_stream(response):
+        translator = anthropic.StreamTranslator(outbound.include_usage, created)
+        start = {"type": "http.response.start", "status": 200}
+        await send({**start, "headers": _SSE_HEADERS + extra_headers})
+        await relay_body(
+            response,
+            send,
+            transform=translator.feed,
+            finish=translator.finish,
+            broken=translator.finish,
+        )
+        info.tokens = dict(translator.usage)
+        return
+
+    answer = orjson.loads(await response.read())
+    translated = anthropic.translate_response(answer, created=created)
+    usage = translated.get("usage") or {}
+    info.tokens = {
+        "prompt": int(usage.get("prompt_tokens", 0)),
+        "completion": int(usage.get("completion_tokens", 0)),
+    }
+    body = orjson.dumps(translated)
+    await send(
+        {"type": "http.response.start", "status": 200,
+         "headers": JSON_HEADERS + extra_headers}
+    )  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
+def translated_error(status: int, body: bytes, headers: Any) -> SubgateError:
+    """Anthropic's error answer as the OpenAI-shaped error the client sees."""
+    return anthropic.translate_error(status, body, headers.get("retry-after"))
