@@ -24,8 +24,8 @@ from tests.support.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTED = re.compile(r"^stack +\| started (\w+) \(pid (\d+)\)$")
-START_DEADLINE = 90.0
-STOP_DEADLINE = 60.0
+START_DEADLINE = 60.0
+STOP_DEADLINE = 45.0
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 
