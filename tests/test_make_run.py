@@ -151,3 +151,20 @@ def test_make_run_starts_answers_and_stops_on_ctrl_c(
     assert groups_gone([process.pid, *children.values()]), log
     assert "JWT_SECRET=" in Path(stack_env["SUBGATE_ENV_FILE"]).read_text()
     assert (Path(stack_env["SUBGATE_DATA_DIR"]) / "redis" / "appendonlydir").is_dir()
+
+
+def test_make_run_stops_everything_and_fails_when_a_service_dies(
+    make_run: tuple[subprocess.Popen[str], Output], stack_env: dict[str, str]
+) -> None:
+    process, output = make_run
+    gateway = f"http://127.0.0.1:{stack_env['GATEWAY_PORT']}"
+
+    wait_ready(process, output, f"{gateway}/readyz")
+    children = output.pids()
+    os.kill(children["gateway"], signal.SIGKILL)
+    code = process.wait(STOP_DEADLINE)
+    log = output.join()
+
+    assert code != 0, log
+    assert "gateway exited with code -9; stopping" in log, log
+    assert groups_gone([process.pid, *children.values()]), log
