@@ -271,10 +271,7 @@ class FakeAnthropic:
         )
         request_id = f"req_fake{next(self._ids):04d}"
 
-        if (
-            self.api_key is not None
-            and request.headers.get("x-api-key") != self.api_key
-        ):
+        if self.api_key is not None and _key(request) != self.api_key:
             body = error_body("authentication_error", "invalid x-api-key", request_id)
             return web.json_response(
                 body, status=401, headers={"request-id": request_id}
@@ -345,3 +342,11 @@ class FakeAnthropic:
     def _record_disconnect(self) -> None:
         self.disconnects += 1
         self.disconnected.set()
+
+
+def _key(request: web.Request) -> str | None:
+    """The caller's key: `x-api-key`, or `Authorization: Bearer` (newer SDKs)."""
+    bearer = request.headers.get("authorization", "")
+    if bearer.lower().startswith("bearer "):
+        return bearer[len("bearer ") :]
+    return request.headers.get("x-api-key")
