@@ -31,6 +31,7 @@ from shared.redis import (
     REDIS_ERRORS,
     AsyncRedis,
     RedisHealth,
+    ready,
     unavailable_on_failure,
 )
 from shared.settings import Settings
@@ -251,6 +252,7 @@ class RateLimiter:
         """Decide one request of `user` whose token carries `otid`."""
         try:
             async with asyncio.timeout(OPERATION_TIMEOUT_SECONDS):
+                await ready(self._redis)
                 if self._enabled:
                     decision = await self._run_check(user, limits, otid or "")
                 else:
@@ -269,6 +271,7 @@ class RateLimiter:
             return
         keys = user_keys(user)
         try:
+            await ready(self._redis)
             await self._give_back(
                 keys=[keys["minute"], keys["hour"]], args=[decision.member]
             )
@@ -333,6 +336,7 @@ class LoginLimiter:
         health: RedisHealth | None = None,
         fail_open: bool = False,
     ) -> None:
+        self._redis = redis
         self._limit = limit_per_minute
         self._health = health or RedisHealth()
         self._fail_open = fail_open
@@ -344,6 +348,7 @@ class LoginLimiter:
             return None
         key = f"subgate:login:{{{address}}}"
         try:
+            await ready(self._redis)
             retry_after = await self._script(
                 keys=[key], args=[self._limit, uuid.uuid4().hex[:12]]
             )
@@ -361,5 +366,6 @@ async def is_banned(
 ) -> bool:
     """Whether an operator must lift a ban before `user` may log in."""
     with unavailable_on_failure(health):
+        await ready(redis)
         key = user_keys(user)["ban"]
         return bool(await redis.hexists(key, "banned_at"))

@@ -80,6 +80,16 @@ def create_sync_redis(url: str, *, cluster: bool) -> SyncRedis:
     return redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), **_options())
 
 
+async def ready(client: AsyncRedis) -> None:
+    """Discover a Cluster's slots before the first command (a no-op afterwards).
+
+    redis-py's Cluster client, when many first commands race with its slot discovery,
+    drops connections other commands are using; discovering first avoids that.
+    """
+    if isinstance(client, redis.asyncio.RedisCluster):
+        await client.initialize()
+
+
 class RedisHealth:
     """Whether Redis answered lately; logs once when an outage starts and ends."""
 

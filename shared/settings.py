@@ -214,9 +214,7 @@ class Settings:
     appstore_product_types: tuple[str, ...] = _setting(
         "APPSTORE_PRODUCT_TYPES", "Auto-Renewable Subscription,Non-Consumable", _list
     )
-    appstore_product_ids: tuple[str, ...] = _setting(
-        "APPSTORE_PRODUCT_IDS", "", _list
-    )
+    appstore_product_ids: tuple[str, ...] = _setting("APPSTORE_PRODUCT_IDS", "", _list)
     appstore_grace_seconds: int = _setting("APPSTORE_GRACE_SECONDS", "0", _int)
     appstore_accept_legacy: bool = _setting("APPSTORE_ACCEPT_LEGACY", "0", _bool)
     appstore_status_check: bool = _setting("APPSTORE_STATUS_CHECK", "1", _bool)
@@ -229,7 +227,9 @@ class Settings:
         "APPSTORE_API_URL_PRODUCTION", "https://api.storekit.itunes.apple.com", _url
     )
     appstore_api_url_sandbox: str = _setting(
-        "APPSTORE_API_URL_SANDBOX", "https://api.storekit-sandbox.itunes.apple.com", _url
+        "APPSTORE_API_URL_SANDBOX",
+        "https://api.storekit-sandbox.itunes.apple.com",
+        _url,
     )
 
     openai_api_key: Secret = _setting("OPENAI_API_KEY", "", _secret, "OpenAI-APIKey")
@@ -344,10 +344,12 @@ def load_settings(
 
 
 def load_redis_settings(
-    environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+    environ: Mapping[str, str] | None = None, env_file: str | Path | None = "default"
 ) -> tuple[str, bool]:
     """Only `REDIS_URL` and `REDIS_CLUSTER`, for tools that run without JWT_SECRET."""
     env = os.environ if environ is None else environ
+    if env_file == "default":
+        env_file = default_env_file()
     dotenv: dict[str, str] = {}
     if env_file and Path(env_file).is_file():
         dotenv = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
