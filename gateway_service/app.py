@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import orjson
 
@@ -11,13 +10,14 @@ from gateway_service.auth_proxy import AuthProxy
 from gateway_service.callers import CallerAuthenticator
 from gateway_service.forwarding import Forwarder
 from gateway_service.handler import ApiHandler
+from gateway_service.models import ModelCatalog
 from gateway_service.providers.config import ProviderRegistry, load_providers
 from gateway_service.upstream import UpstreamClient
 from shared.asgi import ASGIApp, Receive, RequestContext, Scope, Send, send_answer
 from shared.errors import NotFound
 from shared.limits import RateLimiter
 from shared.redis import RedisHealth, create_redis
-from shared.settings import Settings
+from shared.settings import Settings, merged_environ
 from shared.tokens import TokenVerifier
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class Gateway:
         self.settings = settings
         self.draining = False
         self.registry: ProviderRegistry = load_providers(
-            settings.providers_file or None, settings, os.environ
+            settings.providers_file or None, settings, merged_environ()
         )
         self.redis = create_redis(settings.redis_url, cluster=settings.redis_cluster)
         self.health = RedisHealth(self.redis)
@@ -43,9 +43,8 @@ class Gateway:
         )
         authenticator = CallerAuthenticator(settings, TokenVerifier(settings))
         forwarder = Forwarder(settings, self.upstream, self.registry)
-        self.api = ApiHandler(
-            settings, authenticator, limiter, forwarder, self.registry
-        )
+        catalog = ModelCatalog(self.registry, self.upstream, forwarder.openai)
+        self.api = ApiHandler(settings, authenticator, limiter, forwarder, catalog)
         self.auth_proxy = AuthProxy(settings, self.upstream)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

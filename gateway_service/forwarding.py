@@ -77,14 +77,14 @@ class Forwarder:
     ) -> None:
         self._upstream = upstream
         self._registry = registry
-        self._openai = Provider(
+        self.openai = Provider(
             name=OPENAI,
             kind="openai",
             base_url=settings.openai_base_url + "/v1",
             api_key_env="OPENAI_API_KEY",
             api_key=settings.openai_api_key,
         )
-        self._openai_organization = settings.openai_organization
+        self.openai_organization = settings.openai_organization
 
     # -- planning -------------------------------------------------------------------
 
@@ -111,7 +111,7 @@ class Forwarder:
                         self._key(provider, caller),
                     )
                 return self._plan_openai_like(scope, body, caller, payload, provider)
-        return self._plan_openai_like(scope, body, caller, payload, self._openai)
+        return self._plan_openai_like(scope, body, caller, payload, self.openai)
 
     def _plan_openai_like(
         self,
@@ -126,13 +126,11 @@ class Forwarder:
             scope["headers"], drop_prefixes=("anthropic-",)
         )
         headers.update(provider.extra_headers)
-        headers["Authorization"] = f"Bearer {key.get()}"
-        if (
-            provider is self._openai
-            and self._openai_organization
-            and not caller.own_key
-        ):
-            headers["OpenAI-Organization"] = self._openai_organization
+        if key:
+            headers["Authorization"] = f"Bearer {key.get()}"
+        # The organization belongs to the server's key, never to a caller's own.
+        if provider is self.openai and self.openai_organization and not caller.own_key:
+            headers["OpenAI-Organization"] = self.openai_organization
         path = scope["path"]
         if payload is not None and path in _USER_FIELD_PATHS:
             _set_end_user(payload, caller)
@@ -191,7 +189,7 @@ class Forwarder:
                     "This API key can only be used with its own provider's models."
                 )
             return caller.own_key
-        if not provider.api_key:
+        if not provider.available:
             raise ProviderUnavailable(
                 f"The {provider.name} provider is not configured on this server."
             )
@@ -279,8 +277,10 @@ async def _raise_upstream_error(
             f"The {outbound.provider} provider refused this server's credentials."
         )
     if outbound.mode == "translated":
-        raise translation.translated_error(status, body, response.headers)
-    raise ProviderError(status, body, response.headers, outbound.shape)
+        raise translation.translated_error(
+            outbound.provider, status, body, response.headers
+        )
+    raise RelayedError(status, body, response.headers, outbound.shape)
 
 
 def _refused_server_key(status: int, body: bytes) -> bool:
@@ -289,7 +289,7 @@ def _refused_server_key(status: int, body: bytes) -> bool:
     return status == 429 and b"insufficient_quota" in body
 
 
-class ProviderError(SubgateError):
+class RelayedError(SubgateError):
     """A provider's own error, relayed with its status, body and retry headers."""
 
     type = "api_error"

@@ -9,11 +9,20 @@ import orjson
 
 from gateway_service.callers import Caller, CallerAuthenticator
 from gateway_service.forwarding import Forwarder, Outbound
-from gateway_service.providers.config import ProviderRegistry
+from gateway_service.models import ModelCatalog
 from gateway_service.relay import until_disconnect
 from gateway_service.routing import PathRules, route_label
 from shared import metrics
-from shared.asgi import Receive, Scope, Send, header, read_body, request_info
+from shared.asgi import (
+    JSON_HEADERS,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    request_info,
+    send_answer,
+)
 from shared.errors import (
     EndpointNotAllowed,
     InvalidRequest,
@@ -35,13 +44,13 @@ class ApiHandler:
         authenticator: CallerAuthenticator,
         limiter: RateLimiter,
         forwarder: Forwarder,
-        registry: ProviderRegistry,
+        catalog: ModelCatalog,
     ) -> None:
         self._rules = PathRules(settings.allowed_paths)
         self._authenticator = authenticator
         self._limiter = limiter
         self._forwarder = forwarder
-        self._registry = registry
+        self._catalog = catalog
         self._max_body = settings.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -59,6 +68,9 @@ class ApiHandler:
         self._check_declared_length(scope)
 
         decision = await self._admit(caller)
+        local = method == "GET" and caller.own_key is None
+        if local and await self._answer_models(path, send, _limit_headers(decision)):
+            return
         body = await read_body(receive, self._max_body)
         outbound = self._forwarder.plan(scope, body, caller, _json_body(scope, body))
         info.provider, info.model = outbound.provider, outbound.model
@@ -83,6 +95,22 @@ class ApiHandler:
         if error is not None:
             raise error
         return decision
+
+    async def _answer_models(
+        self, path: str, send: Send, headers: list[tuple[bytes, bytes]]
+    ) -> bool:
+        """Answer model listings here when they involve routed providers."""
+        if path == "/v1/models":
+            await self._catalog.send_list(send, headers)
+            return True
+        if path.startswith("/v1/models/"):
+            model = self._catalog.routed_model(path[len("/v1/models/") :])
+            if model is not None:
+                await send_answer(
+                    send, 200, orjson.dumps(model), JSON_HEADERS + headers
+                )
+                return True
+        return False
 
     def _check_declared_length(self, scope: Scope) -> None:
         declared = header(scope, b"content-length")

@@ -100,6 +100,9 @@ async def relay_translated(
     await send({"type": "http.response.body", "body": body})
 
 
-def translated_error(status: int, body: bytes, headers: Any) -> SubgateError:
+def translated_error(
+    provider: str, status: int, body: bytes, headers: Any
+) -> SubgateError:
     """Anthropic's error answer as the OpenAI-shaped error the client sees."""
-    return anthropic.translate_error(status, body, headers.get("retry-after"))
+    retry_after = headers.get("retry-after")
+    return anthropic.translate_error(status, body, retry_after, provider=provider)

@@ -8,7 +8,7 @@ import importlib.util
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import uvicorn
 
@@ -30,10 +30,14 @@ def load_or_exit(service: str) -> Settings:
     try:
         return load_settings()
     except SettingsError as exc:
-        print(f"{service}: cannot start; fix these settings:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  - {problem}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _exit_with_problems(service, exc)
+
+
+def _exit_with_problems(service: str, exc: SettingsError) -> NoReturn:
+    print(f"{service}: cannot start; fix these settings:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  - {problem}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 class _DrainingServer(uvicorn.Server):
@@ -58,7 +62,10 @@ def run_service(
     """Start one service in the foreground until SIGINT or SIGTERM."""
     settings = load_or_exit(service)
     configure_logging(service, settings.log_level, settings.log_format)
-    asgi_app, drainable = make_app(settings)
+    try:
+        asgi_app, drainable = make_app(settings)
+    except SettingsError as exc:
+        _exit_with_problems(service, exc)
     host, port, metrics_port = host_port(settings)
     serve_metrics(host, metrics_port)
     config = uvicorn.Config(

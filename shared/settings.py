@@ -218,6 +218,9 @@ class Settings:
     appstore_grace_seconds: int = _setting("APPSTORE_GRACE_SECONDS", "0", _int)
     appstore_accept_legacy: bool = _setting("APPSTORE_ACCEPT_LEGACY", "0", _bool)
     appstore_status_check: bool = _setting("APPSTORE_STATUS_CHECK", "1", _bool)
+    appstore_status_cache_seconds: int = _setting(
+        "APPSTORE_STATUS_CACHE_SECONDS", "60", _int
+    )
     iap_private_key: Secret = _setting(
         "IAP_PRIVATE_KEY", "", _private_key, "IAPPrivateKey"
     )
@@ -308,6 +311,18 @@ def _raw_value(
             if value is not None:
                 return value, name
     return None, meta["env"]
+
+
+def merged_environ(env_file: str | Path | None = "default") -> dict[str, str]:
+    """The environment with the `.env` file's values under it (the environment wins),
+    for settings read by name at start-up, such as a provider's key variable."""
+    if env_file == "default":
+        env_file = default_env_file()
+    merged: dict[str, str] = {}
+    if env_file and Path(env_file).is_file():
+        merged = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    merged.update(os.environ)
+    return merged
 
 
 def default_env_file() -> str:

@@ -153,5 +153,5 @@ def stack(running_stack: Stack, redis_server: RedisServer) -> Stack:
     client.flushall()
     client.close()
     running_stack.openai.reset()
-    running_stack.anthropic.requests.clear()
+    running_stack.anthropic.reset()
     return running_stack

@@ -1,7 +1,7 @@
 """Real Redis-protocol servers for the shared package's tests.
 
-One single node and one three-node Cluster per session (the Cluster starts only when a
-test asks for it); every test starts from empty databases.
+The session's single node and three-node Cluster come from tests/conftest.py (the
+Cluster starts only when a test asks for it); every test starts from empty databases.
 """
 
 from __future__ import annotations
@@ -14,22 +14,6 @@ import redis
 
 from shared.redis import AsyncRedis, create_redis
 from tests.support.redis_server import RedisCluster, RedisServer
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
-    cluster.start()
-    yield cluster
-    cluster.stop()
 
 
 @pytest.fixture

@@ -168,6 +168,22 @@ def encode_event(event: Event) -> bytes:
     return f"event: {name}\ndata: {payload}\n\n".encode()
 
 
+MODEL_LIST = {
+    "data": [
+        {
+            "type": "model",
+            "id": model_id,
+            "display_name": model_id,
+            "created_at": "2026-01-15T00:00:00Z",
+        }
+        for model_id in ("claude-sonnet-4-6", "claude-haiku-4-5")
+    ],
+    "has_more": False,
+    "first_id": "claude-sonnet-4-6",
+    "last_id": "claude-haiku-4-5",
+}
+
+
 class FakeAnthropic:
     """The fake upstream, running in its own thread and event loop."""
 
@@ -183,6 +199,14 @@ class FakeAnthropic:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
         self.base_url = ""
+
+    def reset(self) -> None:
+        """Forget requests, scripted answers and disconnects (between tests)."""
+        self.requests.clear()
+        self._answers.clear()
+        self.disconnects = 0
+        self.disconnected.clear()
+        self.stream_finished.clear()
 
     # --- scripting
 
@@ -276,6 +300,12 @@ class FakeAnthropic:
             return web.json_response(
                 body, status=401, headers={"request-id": request_id}
             )
+        if (
+            request.method == "GET"
+            and request.path == "/v1/models"
+            and not self._answers
+        ):
+            return web.json_response(MODEL_LIST, headers={"request-id": request_id})
         answer = self._answers.popleft() if self._answers else self._default(parsed)
         headers = {"request-id": request_id, **answer.headers}
         if answer.stream is None:
