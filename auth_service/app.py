@@ -1,4 +1,6 @@
-"""Assembles the auth service: login at `/appstore`, health, start-up and shutdown."""
+"""Assembles the auth service: login at `/appstore` (StoreKit 2 JWS, or with
+APPSTORE_ACCEPT_LEGACY a receipt or transaction id), App Store Server Notifications at
+`/appstore/notifications`, health, start-up and shutdown."""
 
 from __future__ import annotations
 
@@ -6,7 +8,11 @@ import logging
 
 import orjson
 
-from auth_service.appstore import PurchaseVerifier, decode_body
+from auth_service.apple_api import AppleAPI
+from auth_service.appstore import Purchase, PurchaseVerifier, decode_body
+from auth_service.notifications import MAX_NOTIFICATION_BODY, NotificationReceiver
+from auth_service.receipts import LegacyLogin, looks_like_jws
+from auth_service.status import StatusCheck
 from shared import metrics
 from shared.asgi import (
     ASGIApp,
@@ -45,6 +51,12 @@ class AuthService:
         self.verifier = verifier or PurchaseVerifier.from_settings(settings)
         self.signer = TokenSigner(settings)
         self.revocations = RevocationStore(self.redis, health=self.health)
+        self.apple = AppleAPI.from_settings(settings, self.redis, self.health)
+        self.legacy = LegacyLogin(settings, self.verifier, self.apple)
+        self.status_check = StatusCheck.from_settings(settings, self.apple)
+        self.notifications = NotificationReceiver(self.verifier, self.revocations)
+        for line in self.legacy.describe():
+            logger.info("%s", line)
         self.login_limiter = LoginLimiter(
             self.redis,
             settings.login_rate_limit,
@@ -59,6 +71,8 @@ class AuthService:
         path, method = scope["path"], scope["method"]
         if path == "/appstore" and method == "POST":
             await self.login(scope, receive, send)
+        elif path == "/appstore/notifications" and method == "POST":
+            await self.notification(scope, receive, send)
         elif path == "/healthz":
             await send_answer(send, 200, b'{"status":"ok"}')
         elif path == "/readyz":
@@ -78,7 +92,7 @@ class AuthService:
 
         text = decode_body(await read_body(receive, MAX_LOGIN_BODY))
         try:
-            purchase = await self.verifier.verify_transaction(text)
+            purchase = await self._purchase(text)
         except SubscriptionRequired:
             metrics.LOGINS.labels("refused").inc()
             raise
@@ -95,6 +109,23 @@ class AuthService:
         metrics.LOGINS.labels("ok").inc()
         body = orjson.dumps({"token": token, "expires_at": expires_at})
         await send_answer(send, 200, body)
+
+    async def _purchase(self, text: str) -> Purchase:
+        """The purchase a login body proves: a JWS (with the current-status check
+        when it is on), or a legacy receipt or transaction id."""
+        if not looks_like_jws(text):
+            return await self.legacy.verify(text)
+        purchase = await self.verifier.verify_transaction(text)
+        if self.status_check is not None:
+            await self.status_check.confirm(purchase)
+        return purchase
+
+    async def notification(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """An App Store Server Notification V2 (not limited by LOGIN_RATE_LIMIT)."""
+        request_info(scope).route = "/appstore/notifications"
+        raw = await read_body(receive, MAX_NOTIFICATION_BODY)
+        outcome = await self.notifications.receive(raw)
+        await send_answer(send, 200, orjson.dumps({"status": outcome}))
 
     async def _check_standing(self, user: str, otid: str) -> None:
         """Banned users and revoked purchases get no token."""
@@ -124,6 +155,8 @@ class AuthService:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.verifier.close()
+                if self.apple is not None:
+                    await self.apple.close()
                 await self.redis.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return

@@ -17,10 +17,17 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from appstoreserverlibrary.models.Environment import Environment
+from appstoreserverlibrary.models.JWSRenewalInfoDecodedPayload import (
+    JWSRenewalInfoDecodedPayload,
+)
 from appstoreserverlibrary.models.JWSTransactionDecodedPayload import (
     JWSTransactionDecodedPayload,
+)
+from appstoreserverlibrary.models.ResponseBodyV2DecodedPayload import (
+    ResponseBodyV2DecodedPayload,
 )
 from appstoreserverlibrary.signed_data_verifier import (
     SignedDataVerifier,
@@ -31,9 +38,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from shared.errors import InvalidRequest, SubscriptionRequired, Unavailable
+from shared.identity import account_user, transaction_user
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 ROOT_SUFFIXES = (".cer", ".der")
 AUTO_RENEWABLE = "Auto-Renewable Subscription"
@@ -52,6 +62,7 @@ EXPIRED = "The subscription has expired."
 REVOKED = "The purchase was refunded or revoked."
 UPGRADED = "The subscription was upgraded; send the current transaction."
 OCSP_DOWN = "Apple's certificate status service could not be reached; try again."
+UNSIGNED_ENVIRONMENTS = ("Xcode", "LocalTesting")
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,25 @@ class Purchase:
     environment: str
     expires_at: int | None
     app_account_token: str | None
+
+
+@dataclass(frozen=True)
+class VerifiedNotification:
+    """An App Store Server Notification V2 with its nested signed data verified."""
+
+    payload: ResponseBodyV2DecodedPayload
+    transaction: JWSTransactionDecodedPayload | None
+    renewal: JWSRenewalInfoDecodedPayload | None
+
+
+def user_of(transaction: JWSTransactionDecodedPayload) -> str | None:
+    """The user a transaction belongs to (see Identity), or None without an id."""
+    token = (transaction.appAccountToken or "").strip()
+    if token:
+        return account_user(token)
+    if transaction.originalTransactionId:
+        return transaction_user(transaction.originalTransactionId)
+    return None
 
 
 @dataclass(frozen=True)
@@ -175,14 +205,46 @@ class PurchaseVerifier:
         """Start-up lines for operators: what is verified, and what is off and why."""
         return list(self._messages)
 
-    async def verify_transaction(self, jws: str) -> Purchase:
+    async def verify_transaction(
+        self, jws: str, *, access_until_ms: int | None = None
+    ) -> Purchase:
         """Verify a StoreKit 2 JWS transaction and return the purchase it proves.
 
+        `access_until_ms` (from verified renewal info: the end of a billing grace
+        period) extends access past the transaction's own expiresDate.
         Raises InvalidRequest (empty), Unavailable (logins off, OCSP unreachable,
         Production purchases off) or SubscriptionRequired (anything else).
         """
+        text = self._checked_text(jws)
+        loop = asyncio.get_running_loop()
+        transaction = await loop.run_in_executor(self._executor, self._decode, text)
+        return self._grant(transaction, access_until_ms)
+
+    async def verify_renewal_info(self, jws: str) -> JWSRenewalInfoDecodedPayload:
+        """Verify a signedRenewalInfo (from the App Store Server API)."""
+        text = self._checked_text(jws)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._decode_renewal, text)
+
+    async def verify_notification(self, signed_payload: str) -> VerifiedNotification:
+        """Verify a notification's signedPayload and the signed data nested in it.
+
+        Raises SubscriptionRequired when anything fails verification, Unavailable
+        when OCSP is unreachable or verification is off.
+        """
+        text = self._checked_text(signed_payload)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, self._decode_notification, text
+        )
+
+    def ensure_enabled(self) -> None:
+        """Raise Unavailable, naming the reason, when no purchase can be verified."""
         if self._off_reason is not None:
             raise Unavailable(self._off_reason)
+
+    def _checked_text(self, jws: str) -> str:
+        self.ensure_enabled()
         text = jws.strip()
         if not text:
             raise InvalidRequest(
@@ -190,10 +252,7 @@ class PurchaseVerifier:
             )
         if len(text) > MAX_JWS_CHARS:
             raise SubscriptionRequired(NOT_VERIFIED)
-
-        loop = asyncio.get_running_loop()
-        transaction = await loop.run_in_executor(self._executor, self._decode, text)
-        return self._grant(transaction)
+        return text
 
     def close(self) -> None:
         """Stop the verification threads (at shutdown)."""
@@ -201,20 +260,72 @@ class PurchaseVerifier:
 
     def _decode(self, jws: str) -> JWSTransactionDecodedPayload:
         """Apple's checks, Production first then Sandbox (runs in a worker thread)."""
+        _, transaction = self._first_environment(
+            lambda verifier: verifier.verify_and_decode_signed_transaction(jws)
+        )
+        return transaction
+
+    def _decode_renewal(self, jws: str) -> JWSRenewalInfoDecodedPayload:
+        _, renewal = self._first_environment(
+            lambda verifier: verifier.verify_and_decode_renewal_info(jws)
+        )
+        return renewal
+
+    def _decode_notification(self, signed_payload: str) -> VerifiedNotification:
+        """The notification, then its nested data with the same environment's
+        verifier (runs in a worker thread)."""
+        verifier, payload = self._first_environment(
+            lambda verifier: verifier.verify_and_decode_notification(signed_payload)
+        )
+        data = payload.data
+        transaction = renewal = None
+        if data is not None and data.signedTransactionInfo:
+            signed = data.signedTransactionInfo
+            transaction = self._nested(
+                lambda: verifier.verify_and_decode_signed_transaction(signed)
+            )
+        if data is not None and data.signedRenewalInfo:
+            signed_renewal = data.signedRenewalInfo
+            renewal = self._nested(
+                lambda: verifier.verify_and_decode_renewal_info(signed_renewal)
+            )
+        return VerifiedNotification(payload, transaction, renewal)
+
+    def _nested(self, check: Callable[[], T]) -> T:
+        """Nested data must be of its envelope's environment."""
+        try:
+            return self._judge(check)
+        except _WrongEnvironment as exc:
+            raise SubscriptionRequired(OTHER_ENVIRONMENT) from exc
+
+    def _first_environment(
+        self, check: Callable[[SignedDataVerifier], T]
+    ) -> tuple[SignedDataVerifier, T]:
+        """Run Apple's checks with each accepted environment's verifier in turn,
+        moving on only when the data names another environment."""
         last = len(self._verifiers) - 1
         for index, (_, verifier) in enumerate(self._verifiers):
             try:
-                return verifier.verify_and_decode_signed_transaction(jws)
-            except VerificationException as exc:
-                wrong_environment = exc.status == VerificationStatus.INVALID_ENVIRONMENT
-                if wrong_environment and index < last:
+                return verifier, self._judge(lambda: check(verifier))  # noqa: B023
+            except _WrongEnvironment as exc:
+                if index < last:
                     continue
-                raise self._refusal(exc.status) from exc
-            except (ValueError, TypeError, ExceptionGroup) as exc:
-                # Signed data the library's model cannot hold (cattrs errors).
-                logger.info("App Store transaction has unexpected fields: %s", exc)
-                raise SubscriptionRequired(NOT_VERIFIED) from exc
+                raise self._refusal(VerificationStatus.INVALID_ENVIRONMENT) from exc
         raise Unavailable(self._off_reason)  # pragma: no cover - no verifiers
+
+    def _judge(self, check: Callable[[], T]) -> T:
+        """One of Apple's checks, its failures turned into the contract's errors
+        (a wrong environment into `_WrongEnvironment`, for the caller to judge)."""
+        try:
+            return check()
+        except VerificationException as exc:
+            if exc.status == VerificationStatus.INVALID_ENVIRONMENT:
+                raise _WrongEnvironment() from exc
+            raise self._refusal(exc.status) from exc
+        except (ValueError, TypeError, ExceptionGroup) as exc:
+            # Signed data the library's model cannot hold (cattrs errors).
+            logger.info("App Store signed data has unexpected fields: %s", exc)
+            raise SubscriptionRequired(NOT_VERIFIED) from exc
 
     def _refusal(
         self, status: VerificationStatus
@@ -231,7 +342,11 @@ class PurchaseVerifier:
             return Unavailable(self._production_off_reason)
         return SubscriptionRequired(OTHER_ENVIRONMENT)
 
-    def _grant(self, transaction: JWSTransactionDecodedPayload) -> Purchase:
+    def _grant(
+        self,
+        transaction: JWSTransactionDecodedPayload,
+        access_until_ms: int | None = None,
+    ) -> Purchase:
         """The access rules beyond Apple's checks; returns the purchase or refuses."""
         product_type = transaction.rawType or ""
         product_id = transaction.productId or ""
@@ -248,11 +363,11 @@ class PurchaseVerifier:
             raise SubscriptionRequired(REVOKED)
         if transaction.isUpgraded:
             raise SubscriptionRequired(UPGRADED)
-        expires_at = self._expiry(transaction, product_type)
+        expires_at = self._expiry(transaction, product_type, access_until_ms)
 
         token = (transaction.appAccountToken or "").strip().lower() or None
         return Purchase(
-            user_id=f"acct:{token}" if token else f"txn:{original_id}",
+            user_id=user_of(transaction) or transaction_user(original_id),
             original_transaction_id=original_id,
             transaction_id=transaction.transactionId,
             product_id=product_id,
@@ -263,14 +378,18 @@ class PurchaseVerifier:
         )
 
     def _expiry(
-        self, transaction: JWSTransactionDecodedPayload, product_type: str
+        self,
+        transaction: JWSTransactionDecodedPayload,
+        product_type: str,
+        access_until_ms: int | None,
     ) -> int | None:
         """Unix seconds when access ends (grace included), or None if it never does."""
         if transaction.expiresDate is None:
             if product_type == AUTO_RENEWABLE:
                 raise SubscriptionRequired(NOT_VERIFIED)
             return None
-        expires_at = transaction.expiresDate // 1000 + self._policy.grace_seconds
+        expires_ms = max(transaction.expiresDate, access_until_ms or 0)
+        expires_at = expires_ms // 1000 + self._policy.grace_seconds
         if expires_at <= self._clock():
             raise SubscriptionRequired(EXPIRED)
         return expires_at
@@ -281,6 +400,10 @@ class PurchaseVerifier:
                 logger.warning("%s", line)
             else:
                 logger.info("%s", line)
+
+
+class _WrongEnvironment(Exception):
+    """Apple's library said the data names an environment this verifier is not."""
 
 
 @dataclass
