@@ -275,7 +275,8 @@ class PurchaseVerifier:
         """The notification, then its nested data with the same environment's
         verifier (runs in a worker thread)."""
         verifier, payload = self._first_environment(
-            lambda verifier: verifier.verify_and_decode_notification(signed_payload)
+            lambda verifier: verifier.verify_and_decode_notification(signed_payload),
+            next_on_app_id=True,
         )
         data = payload.data
         transaction = renewal = None
@@ -297,12 +298,22 @@ class PurchaseVerifier:
             return self._judge(check)
         except _WrongEnvironment as exc:
             raise SubscriptionRequired(OTHER_ENVIRONMENT) from exc
+        except _OtherApp as exc:
+            raise SubscriptionRequired(OTHER_APP) from exc
 
     def _first_environment(
-        self, check: Callable[[SignedDataVerifier], T]
+        self,
+        check: Callable[[SignedDataVerifier], T],
+        *,
+        next_on_app_id: bool = False,
     ) -> tuple[SignedDataVerifier, T]:
         """Run Apple's checks with each accepted environment's verifier in turn,
-        moving on only when the data names another environment."""
+        moving on when the data names another environment.
+
+        With `next_on_app_id`, also after a wrong app id: for notifications Apple's
+        library compares `appAppleId` (which Sandbox notifications may lack) before
+        the environment; the Sandbox verifier still checks the bundle id.
+        """
         last = len(self._verifiers) - 1
         for index, (_, verifier) in enumerate(self._verifiers):
             try:
@@ -311,6 +322,10 @@ class PurchaseVerifier:
                 if index < last:
                     continue
                 raise self._refusal(VerificationStatus.INVALID_ENVIRONMENT) from exc
+            except _OtherApp as exc:
+                if next_on_app_id and index < last:
+                    continue
+                raise self._refusal(VerificationStatus.INVALID_APP_IDENTIFIER) from exc
         raise Unavailable(self._off_reason)  # pragma: no cover - no verifiers
 
     def _judge(self, check: Callable[[], T]) -> T:
@@ -321,6 +336,8 @@ class PurchaseVerifier:
         except VerificationException as exc:
             if exc.status == VerificationStatus.INVALID_ENVIRONMENT:
                 raise _WrongEnvironment() from exc
+            if exc.status == VerificationStatus.INVALID_APP_IDENTIFIER:
+                raise _OtherApp() from exc
             raise self._refusal(exc.status) from exc
         except (ValueError, TypeError, ExceptionGroup) as exc:
             # Signed data the library's model cannot hold (cattrs errors).
@@ -404,6 +421,10 @@ class PurchaseVerifier:
 
 class _WrongEnvironment(Exception):
     """Apple's library said the data names an environment this verifier is not."""
+
+
+class _OtherApp(Exception):
+    """Apple's library said the data names another app."""
 
 
 @dataclass
