@@ -4,6 +4,7 @@ OpenAI Chat Completions request, and send the translated answer back.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -14,13 +15,15 @@ from gateway_service.providers import anthropic
 from gateway_service.providers.config import ModelConfig, Provider
 from gateway_service.relay import is_event_stream, relay_body
 from shared.asgi import JSON_HEADERS, RequestInfo, Send
-from shared.errors import SubgateError
+from shared.errors import SubgateError, UpstreamUnreachable
 from shared.identity import provider_user_hash
 from shared.settings import Secret
 
 if TYPE_CHECKING:
     from gateway_service.callers import Caller
     from gateway_service.forwarding import Outbound
+
+logger = logging.getLogger(__name__)
 
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -85,8 +88,7 @@ async def relay_translated(
         info.tokens = dict(translator.usage)
         return
 
-    answer = orjson.loads(await response.read())
-    translated = anthropic.translate_response(answer, created=created)
+    translated = _translated_message(await response.read(), created)
     usage = translated.get("usage") or {}
     info.tokens = {
         "prompt": int(usage.get("prompt_tokens", 0)),
@@ -98,6 +100,18 @@ async def relay_translated(
          "headers": JSON_HEADERS + extra_headers}
     )  # fmt: skip
     await send({"type": "http.response.body", "body": body})
+
+
+def _translated_message(raw: bytes, created: int) -> dict[str, Any]:
+    """Anthropic's message as a chat.completion; 502 when it is not a message."""
+    try:
+        answer = orjson.loads(raw)
+        if not isinstance(answer, dict):
+            raise TypeError(type(answer).__name__)
+        return anthropic.translate_response(answer, created=created)
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        logger.warning("Unreadable answer from Anthropic: %s", type(exc).__name__)
+        raise UpstreamUnreachable("The provider's answer could not be read.") from exc
 
 
 def translated_error(
