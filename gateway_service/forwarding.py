@@ -204,6 +204,7 @@ class Forwarder:
         extra_headers: list[tuple[bytes, bytes]],
         info: RequestInfo,
     ) -> None:
+        outbound.headers["X-Request-ID"] = info.request_id
         started = time.perf_counter()
         response = await self._upstream.request(
             outbound.provider,

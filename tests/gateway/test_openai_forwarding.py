@@ -4,12 +4,15 @@ the official `openai` SDK, the fake upstream seeing the server's key only."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from tests.conftest import SERVER_OPENAI_KEY, Stack
+from tests.support.fake_openai import error
+from tests.support.processes import start_auth, start_gateway
 
 
 def test_login_answers_token_and_expiry(stack: Stack) -> None:
@@ -80,3 +83,119 @@ def test_sdk_raises_on_forged_token(stack: Stack) -> None:
         client.models.list()
 
     assert raised.value.status_code == 407
+
+
+def test_client_credentials_cookies_and_hop_by_hop_headers_never_reach_openai(
+    stack: Stack,
+) -> None:
+    token = stack.login()
+    headers = {
+        "authorization": f"Bearer {token}",
+        "cookie": "session=secret-cookie",
+        "connection": "keep-alive, x-hop",
+        "x-hop": "hop-value",
+        "proxy-authorization": "Basic c2VjcmV0",
+        "openai-organization": "org-chosen-by-client",
+        "x-api-key": "client-key",
+        "x-request-id": "req-from-client-42",
+        "x-custom-ok": "kept",
+    }
+
+    response = httpx.post(
+        stack.url + "/v1/embeddings",
+        json={"model": "text-embedding-3-small", "input": "hi"},
+        headers=headers,
+    )
+
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "req-from-client-42"
+    seen = stack.openai.requests[-1].headers
+    assert seen["authorization"] == f"Bearer {SERVER_OPENAI_KEY}"
+    for name in ("cookie", "x-hop", "proxy-authorization", "x-api-key"):
+        assert name not in seen
+    assert seen.get("openai-organization") != "org-chosen-by-client"
+    assert seen["x-request-id"] == "req-from-client-42"
+    assert seen["x-custom-ok"] == "kept"
+
+
+def test_every_answer_has_a_request_id(stack: Stack) -> None:
+    for response in (
+        httpx.get(stack.url + "/healthz"),
+        httpx.get(stack.url + "/nowhere"),
+        httpx.post(stack.url + "/appstore", content=b""),
+        httpx.get(stack.url + "/v1/models"),
+    ):
+        assert len(response.headers["x-request-id"]) >= 16
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/chat/completions"),
+        ("DELETE", "/v1/models/gpt-4o-mini"),
+        ("GET", "/v1/files"),
+        ("POST", "/v1/fine_tuning/jobs"),
+        ("GET", "/v1/responses/resp_123"),
+        ("POST", "/v1/batches"),
+    ],
+)
+def test_paths_outside_allowed_paths_answer_403(
+    stack: Stack, method: str, path: str
+) -> None:
+    token = stack.login()
+
+    response = httpx.request(
+        method, stack.url + path, headers={"authorization": f"Bearer {token}"}
+    )
+
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "endpoint_not_allowed"
+    assert stack.openai.requests == []
+
+
+def test_openai_server_key_refusal_becomes_provider_unavailable(stack: Stack) -> None:
+    stack.openai.queue(
+        error(401, "Incorrect API key", "invalid_request_error", "invalid_api_key")
+    )
+    client = stack.client(stack.login())
+
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.models.retrieve("gpt-4o-mini")
+
+    assert raised.value.status_code == 503
+    assert raised.value.code == "provider_unavailable"
+
+
+def test_openai_errors_keep_status_body_and_retry_after(stack: Stack) -> None:
+    answer = error(429, "Slow down", "requests", "rate_limit_exceeded")
+    answer.headers = {"retry-after": "3"}
+    stack.openai.queue(answer)
+    client = stack.client(stack.login())
+
+    with pytest.raises(openai.RateLimitError) as raised:
+        client.models.retrieve("gpt-4o-mini")
+
+    assert raised.value.code == "rate_limit_exceeded"
+    assert raised.value.response.headers["retry-after"] == "3"
+
+
+def test_provider_without_key_answers_503_naming_it(
+    tmp_path: Path, base_env: dict[str, str], running_stack: Stack
+) -> None:
+    env = {**base_env, "OPENAI_API_KEY": ""}
+    auth = start_auth(tmp_path, env)
+    gateway = start_gateway(tmp_path, env, auth.url)
+    try:
+        token = running_stack.login()
+        response = httpx.post(
+            gateway.url + "/v1/embeddings",
+            json={"model": "text-embedding-3-small", "input": "x"},
+            headers={"authorization": f"Bearer {token}"},
+        )
+    finally:
+        gateway.stop()
+        auth.stop()
+
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "provider_unavailable"
+    assert "openai" in response.json()["error"]["message"]
