@@ -31,8 +31,10 @@ def iap_key() -> IapKey:
 
 @pytest.fixture(scope="module")
 def fake_appstore_server(iap_key: IapKey) -> Iterator[FakeAppStore]:
-    with FakeAppStore(iap_key, BUNDLE_ID, int(APPLE_ID)) as fake:
-        yield fake
+    fake = FakeAppStore(iap_key, BUNDLE_ID, int(APPLE_ID))
+    fake.start()
+    yield fake
+    fake.stop()
 
 
 @pytest.fixture

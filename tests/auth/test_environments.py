@@ -25,7 +25,7 @@ REAL_JWS = APPLE_DIR / "sandbox-transaction-consumable.jws"
 def _unsigned(**fields: Any) -> str:
     """A StoreKit-testing-style transaction nobody signed."""
     payload = transaction_payload(bundle_id=BUNDLE_ID, environment="Xcode", **fields)
-    return jwt.encode(payload, None, algorithm="none")
+    return jwt.encode(payload, "", algorithm="none")
 
 
 def test_environments_production_instance_refuses_unsigned_xcode_data(
@@ -53,7 +53,7 @@ async def test_environments_local_testing_accepts_its_own_data(
     auth = await make_auth(APPSTORE_ENVIRONMENT="LocalTesting")
     local = transaction_payload(bundle_id=BUNDLE_ID, environment="LocalTesting")
 
-    accepted = await auth.login(jwt.encode(local, None, algorithm="none"))
+    accepted = await auth.login(jwt.encode(local, "", algorithm="none"))
     xcode = await auth.login(_unsigned())
 
     assert accepted.status_code == 200
