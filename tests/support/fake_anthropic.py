@@ -13,42 +13,18 @@ client went away mid-stream.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import threading
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from tests.support.fake_upstream import Answer, FakeUpstream, RecordedRequest
 
 Event = tuple[str, dict[str, Any]]
 StreamItem = Event | threading.Event | bytes
 
-
-@dataclass
-class RecordedRequest:
-    """One request the fake received."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    json: Any
-
-
-@dataclass
-class Answer:
-    """A scripted answer: JSON (`body`) or SSE (`stream`)."""
-
-    status: int = 200
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    stream: list[StreamItem] | None = None
-    split: int | None = None  # send each event in pieces of this many bytes
-    abort: bool = False  # drop the connection after the stream items, no clean end
+_SSE_HEADERS = {"cache-control": "no-cache"}
 
 
 def message(
@@ -184,29 +160,13 @@ MODEL_LIST = {
 }
 
 
-class FakeAnthropic:
-    """The fake upstream, running in its own thread and event loop."""
+class FakeAnthropic(FakeUpstream):
+    """Anthropic's Messages API (and model list), with its key check and request ids."""
 
     def __init__(self, api_key: str | None = None) -> None:
+        super().__init__()
         self.api_key = api_key  # when set, other keys get Anthropic's 401
-        self.requests: list[RecordedRequest] = []
-        self.disconnects = 0
-        self.disconnected = threading.Event()
-        self.stream_finished = threading.Event()
-        self._answers: deque[Answer] = deque()
         self._ids = itertools.count(1)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-        self.base_url = ""
-
-    def reset(self) -> None:
-        """Forget requests, scripted answers and disconnects (between tests)."""
-        self.requests.clear()
-        self._answers.clear()
-        self.disconnects = 0
-        self.disconnected.clear()
-        self.stream_finished.clear()
 
     # --- scripting
 
@@ -218,7 +178,7 @@ class FakeAnthropic:
         headers: dict[str, str] | None = None,
     ) -> None:
         """Queue a JSON answer (a message, or an error body with its status)."""
-        self._answers.append(Answer(status=status, body=body, headers=headers or {}))
+        self.queue(Answer(status=status, body=body, headers=headers or {}))
 
     def script_error(
         self,
@@ -240,141 +200,35 @@ class FakeAnthropic:
     ) -> None:
         """Queue an SSE answer: (event, data) pairs, raw bytes, or threading.Events
         the fake waits on (the test sets them) before sending what follows."""
-        answer = Answer(
-            stream=list(items), split=split, abort=abort, headers=headers or {}
-        )
-        self._answers.append(answer)
-
-    # --- lifecycle
-
-    def __enter__(self) -> FakeAnthropic:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
-        port = future.result(timeout=10)
-        self.base_url = f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            cleanup = asyncio.run_coroutine_threadsafe(
-                self._runner.cleanup(), self._loop
-            )
-            cleanup.result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
-
-    async def _start(self) -> int:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port: int = self._runner.addresses[0][1]
-        return port
+        stream = [encode_event(i) if isinstance(i, tuple) else i for i in items]
+        headers = {**_SSE_HEADERS, **(headers or {})}
+        self.queue(Answer(stream=stream, split=split, abort=abort, headers=headers))
 
     # --- serving
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            parsed = json.loads(raw) if raw else None
-        except ValueError:
-            parsed = None
-        self.requests.append(
-            RecordedRequest(
-                request.method, request.path, dict(request.headers), raw, parsed
-            )
-        )
+    def respond(self, request: RecordedRequest) -> Answer:
         request_id = f"req_fake{next(self._ids):04d}"
-
         if self.api_key is not None and _key(request) != self.api_key:
             body = error_body("authentication_error", "invalid x-api-key", request_id)
-            return web.json_response(
-                body, status=401, headers={"request-id": request_id}
-            )
-        if (
-            request.method == "GET"
-            and request.path == "/v1/models"
-            and not self._answers
-        ):
-            return web.json_response(MODEL_LIST, headers={"request-id": request_id})
-        answer = self._answers.popleft() if self._answers else self._default(parsed)
-        headers = {"request-id": request_id, **answer.headers}
-        if answer.stream is None:
-            return web.json_response(answer.body, status=answer.status, headers=headers)
-        return await self._stream(request, answer, headers)
+            answer = Answer(status=401, body=body)
+        elif request.method == "GET" and request.path == "/v1/models":
+            answer = Answer(body=MODEL_LIST)
+        else:
+            answer = super().respond(request)
+        answer.headers = {"request-id": request_id, **answer.headers}
+        return answer
 
-    def _default(self, parsed: Any) -> Answer:
-        model = (
-            parsed.get("model", "claude-sonnet-4-6") if isinstance(parsed, dict) else ""
-        )
-        if isinstance(parsed, dict) and parsed.get("stream"):
-            return Answer(stream=list(text_stream_events(["Hello", "!"], model=model)))
+    def default_answer(self, request: RecordedRequest) -> Answer:
+        parsed = request.json if isinstance(request.json, dict) else {}
+        model = parsed.get("model", "claude-sonnet-4-6")
+        if parsed.get("stream"):
+            events = text_stream_events(["Hello", "!"], model=model)
+            stream: list[Any] = [encode_event(event) for event in events]
+            return Answer(stream=stream, headers=dict(_SSE_HEADERS))
         return Answer(body=message([{"type": "text", "text": "Hello!"}], model=model))
 
-    async def _stream(
-        self, request: web.Request, answer: Answer, headers: dict[str, str]
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(
-            status=200,
-            headers={
-                **headers,
-                "content-type": "text/event-stream; charset=utf-8",
-                "cache-control": "no-cache",
-            },
-        )
-        await response.prepare(request)
-        try:
-            for item in answer.stream or []:
-                if isinstance(item, threading.Event):
-                    if not await self._wait(request, item):
-                        return response
-                    continue
-                data = item if isinstance(item, bytes) else encode_event(item)
-                await self._send(response, data, answer.split)
-            if answer.abort:
-                if request.transport is not None:
-                    request.transport.abort()
-                return response
-            await response.write_eof()
-            self.stream_finished.set()
-        except (ConnectionResetError, asyncio.CancelledError):
-            self._record_disconnect()
-            raise
-        return response
 
-    async def _send(
-        self, response: web.StreamResponse, data: bytes, split: int | None
-    ) -> None:
-        size = split or len(data)
-        for start in range(0, len(data), size):
-            await response.write(data[start : start + size])
-            await asyncio.sleep(0)  # let each piece leave as its own write
-
-    async def _wait(self, request: web.Request, gate: threading.Event) -> bool:
-        """Wait for the test's event; False if the client went away meanwhile."""
-        while not gate.is_set():
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                self._record_disconnect()
-                return False
-            await asyncio.to_thread(gate.wait, 0.05)
-        return True
-
-    def _record_disconnect(self) -> None:
-        self.disconnects += 1
-        self.disconnected.set()
-
-
-def _key(request: web.Request) -> str | None:
+def _key(request: RecordedRequest) -> str | None:
     """The caller's key: `x-api-key`, or `Authorization: Bearer` (newer SDKs)."""
     bearer = request.headers.get("authorization", "")
     if bearer.lower().startswith("bearer "):

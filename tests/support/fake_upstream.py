@@ -64,6 +64,12 @@ class FakeUpstream:
         """Answer the next request with `answer` (in the order queued)."""
         self._answers.append(answer)
 
+    def respond(self, request: RecordedRequest) -> Answer:
+        """The answer to a request: the next scripted one, else the default."""
+        if self._answers:
+            return self._answers.popleft()
+        return self.default_answer(request)
+
     def default_answer(self, request: RecordedRequest) -> Answer:
         raise NotImplementedError
 
@@ -126,9 +132,7 @@ class FakeUpstream:
             parsed,
         )
         self.requests.append(recorded)
-        answer = (
-            self._answers.popleft() if self._answers else self.default_answer(recorded)
-        )
+        answer = self.respond(recorded)
         if answer.delay and not await self._pause(request, answer.delay):
             return web.Response(status=499)
         if answer.stream is not None:
