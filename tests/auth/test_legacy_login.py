@@ -4,11 +4,14 @@ API, on auth services with APPSTORE_ACCEPT_LEGACY and IAP credentials."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from auth_service import apple_api, receipts
+from auth_service.dev_storekit import DevChain
 from tests.auth.conftest import LocalAuth, MakeAuth, claims_of
 from tests.conftest import BUNDLE_ID, Stack
 from tests.support.fake_appstore import (
@@ -19,6 +22,7 @@ from tests.support.fake_appstore import (
     apple_error,
     renewal_payload,
 )
+from tests.support.processes import start_auth, start_gateway
 from tests.support.receipts import InApp, app_receipt
 
 ACTIVE, EXPIRED, GRACE, REVOKED = 1, 2, 4, 5
@@ -163,8 +167,6 @@ async def test_legacy_product_outside_allowlist_is_refused(
 async def test_legacy_forged_status_data_is_refused(
     legacy: LocalAuth, appstore: FakeAppStore
 ) -> None:
-    from auth_service.dev_storekit import DevChain
-
     forged = DevChain.create().sign_transaction(
         bundle_id=BUNDLE_ID,
         environment="Production",
@@ -295,3 +297,36 @@ def test_legacy_off_by_default_at_the_gateway(stack: Stack) -> None:
 
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "subscription_required"
+
+
+def test_legacy_receipt_end_to_end_through_the_gateway(
+    base_env: dict[str, str],
+    appstore: FakeAppStore,
+    dev_chain: DevChain,
+    stack: Stack,
+    tmp_path: Path,
+) -> None:
+    env = {**base_env, "APPSTORE_ACCEPT_LEGACY": "1", **appstore.env()}
+    jws = dev_chain.sign_transaction(
+        bundle_id=BUNDLE_ID, environment="Sandbox", original_transaction_id="3000000091"
+    )
+    appstore.add_subscription("Sandbox", Subscription(ACTIVE, "3000000091", jws))
+    receipt = app_receipt(BUNDLE_ID, [InApp("3000000091", "3000000091")], wrap=76)
+    auth = start_auth(tmp_path, env, name="legacy-auth")
+    gateway = start_gateway(tmp_path, env, auth.url, name="legacy-gateway")
+    try:
+        response = httpx.post(gateway.url + "/appstore", content=receipt)
+        assert response.status_code == 200, response.text
+        token = response.json()["token"]
+        client = openai.OpenAI(
+            api_key=token, base_url=gateway.url + "/v1", max_retries=0
+        )
+        reply = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}]
+        )
+    finally:
+        gateway.stop()
+        auth.stop()
+
+    assert reply.choices[0].message.content == "Hello from the fake!"
+    assert claims_of(token)["sub"] == "txn:3000000091"
