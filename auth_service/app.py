@@ -24,6 +24,7 @@ from shared.asgi import (
     read_body,
     request_info,
     send_answer,
+    send_readiness,
 )
 from shared.errors import Banned, LoginRateLimited, NotFound, SubscriptionRequired
 from shared.limits import LoginLimiter, is_banned
@@ -76,7 +77,12 @@ class AuthService:
         elif path == "/healthz":
             await send_answer(send, 200, b'{"status":"ok"}')
         elif path == "/readyz":
-            await self._readyz(send)
+            await send_readiness(
+                send,
+                self.health,
+                draining=self.draining,
+                fail_open=self.settings.rate_limit_fail_open,
+            )
         else:
             raise NotFound()
 
@@ -135,18 +141,6 @@ class AuthService:
         if await self.revocations.is_revoked(user, otid):
             metrics.LOGINS.labels("revoked").inc()
             raise SubscriptionRequired("This purchase has been refunded or revoked.")
-
-    async def _readyz(self, send: Send) -> None:
-        if self.draining:
-            await send_answer(send, 503, b'{"status":"draining"}')
-        elif await self.health.probe():
-            await send_answer(send, 200, b'{"status":"ready"}')
-        elif self.settings.rate_limit_fail_open:
-            await send_answer(send, 200, b'{"status":"degraded","redis":"unreachable"}')
-        else:
-            await send_answer(
-                send, 503, b'{"status":"unavailable","redis":"unreachable"}'
-            )
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

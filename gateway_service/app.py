@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import orjson
-
 from gateway_service.auth_proxy import AuthProxy
 from gateway_service.callers import CallerAuthenticator
 from gateway_service.forwarding import Forwarder
@@ -13,7 +11,15 @@ from gateway_service.handler import ApiHandler
 from gateway_service.models import ModelCatalog
 from gateway_service.providers.config import ProviderRegistry, load_providers
 from gateway_service.upstream import UpstreamClient
-from shared.asgi import ASGIApp, Receive, RequestContext, Scope, Send, send_answer
+from shared.asgi import (
+    ASGIApp,
+    Receive,
+    RequestContext,
+    Scope,
+    Send,
+    send_answer,
+    send_readiness,
+)
 from shared.errors import NotFound
 from shared.limits import RateLimiter
 from shared.redis import RedisHealth, create_redis
@@ -59,23 +65,14 @@ class Gateway:
         elif path == "/healthz":
             await send_answer(send, 200, b'{"status":"ok"}')
         elif path == "/readyz":
-            await self._readyz(send)
+            await send_readiness(
+                send,
+                self.health,
+                draining=self.draining,
+                fail_open=self.settings.rate_limit_fail_open,
+            )
         else:
             raise NotFound()
-
-    async def _readyz(self, send: Send) -> None:
-        if self.draining:
-            await send_answer(send, 503, b'{"status":"draining"}')
-            return
-        redis_ok = await self.health.probe()
-        if redis_ok:
-            await send_answer(send, 200, b'{"status":"ready"}')
-        elif self.settings.rate_limit_fail_open:
-            body = {"status": "degraded", "redis": "unreachable"}
-            await send_answer(send, 200, orjson.dumps(body))
-        else:
-            body = {"status": "unavailable", "redis": "unreachable"}
-            await send_answer(send, 503, orjson.dumps(body))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -15,6 +15,7 @@ from typing import Any
 from shared import metrics
 from shared.errors import ErrorShape, RequestTooLarge, SubgateError
 from shared.logs import access_logger, request_id_var
+from shared.redis import RedisHealth
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -76,6 +77,23 @@ def error_headers(error: SubgateError) -> list[tuple[bytes, bytes]]:
 
 async def send_error(send: Send, error: SubgateError, shape: ErrorShape) -> None:
     await send_answer(send, error.status, error.body(shape), error_headers(error))
+
+
+async def send_readiness(
+    send: Send, health: RedisHealth, *, draining: bool, fail_open: bool
+) -> None:
+    """Answer `/readyz`: not ready while draining, or while Redis is unreachable
+    unless the service fails open (then ready but degraded, so a load balancer keeps
+    the replica)."""
+    if draining:
+        status, body = 503, b'{"status":"draining"}'
+    elif await health.probe():
+        status, body = 200, b'{"status":"ready"}'
+    elif fail_open:
+        status, body = 200, b'{"status":"degraded","redis":"unreachable"}'
+    else:
+        status, body = 503, b'{"status":"unavailable","redis":"unreachable"}'
+    await send_answer(send, status, body)
 
 
 def client_address(scope: Scope, trusted: tuple[Network, ...]) -> str:
