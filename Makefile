@@ -9,9 +9,12 @@ PYTEST_ARGS ?=
 STOREKIT_DIR ?= .data/dev-storekit
 
 .PHONY: help venv install run test lint certs storekit-dev clean distclean
+.PHONY: cluster lint-deploy
 
 help:
 	@echo "make run           start Redis (embedded if needed), auth and gateway"
+	@echo "make cluster       Redis, auth, 3 gateways and nginx in front (needs nginx)"
+	@echo "make lint-deploy   check docker-compose.yml, the Dockerfile and nginx's config"
 	@echo "make test          run the whole test suite (PYTEST_ARGS=... to narrow it)"
 	@echo "make lint          ruff check, ruff format --check, mypy"
 	@echo "make install       create $(VENV) and install the pinned dependencies"
@@ -42,6 +45,13 @@ $(STAMP): $(VENV_PY) requirements.lock pyproject.toml
 
 run: $(STAMP)
 	$(VENV_PY) scripts/run_stack.py
+
+cluster: $(STAMP)
+	$(VENV_PY) scripts/cluster.py
+
+lint-deploy: $(STAMP)
+	$(VENV)/bin/pytest -q tests/deploy/test_compose.py tests/deploy/test_dockerfile.py \
+		tests/deploy/test_nginx_config.py
 
 test: $(STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
