@@ -1,0 +1,243 @@
+"""Load generators for `make bench`: wrk for request rates and latency percentiles,
+and a small aiohttp client for stream timings and many open streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+BENCH = Path(__file__).resolve().parent
+EVENTS = 200
+_STAMP = re.compile(rb"t(\d{6,}) ")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One endpoint to measure: a URL, the body to POST, and whether to send tokens."""
+
+    name: str
+    url: str
+    body: dict[str, Any]
+    auth: bool = False
+
+    def steered(self, suffix: str) -> Target:
+        """The same target asking the streaming fake for `suffix` (e.g. `-n200-i2`)."""
+        body = {**self.body, "model": f"{self.body['model']}{suffix}"}
+        return Target(self.name, self.url, body, self.auth)
+
+
+# -- wrk ------------------------------------------------------------------------------
+
+
+def wrk(
+    target: Target, connections: int, seconds: float, tokens: list[str]
+) -> dict[str, Any]:
+    """One wrk run: requests/s, latency percentiles (ms), errors."""
+    binary = shutil.which("wrk")
+    if binary is None:
+        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+    with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
+        body_file, tokens_file, out = (Path(tmp) / n for n in ("body", "tokens", "out"))
+        body_file.write_bytes(orjson.dumps(target.body))
+        tokens_file.write_text("\n".join(tokens) + "\n" if target.auth else "")
+        scheme_host, _, path = target.url.partition("//")[2].partition("/")
+        env = {
+            **os.environ,
+            "BENCH_PATH": "/" + path,
+            "BENCH_BODY_FILE": str(body_file),
+            "BENCH_TOKENS_FILE": str(tokens_file),
+            "BENCH_OUT": str(out),
+        }
+        args = [
+            binary, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+            "--timeout", "10s", "-s", str(BENCH / "wrk_post.lua"), f"http://{scheme_host}/",
+        ]  # fmt: skip
+        done = subprocess.run(args, env=env, capture_output=True, text=True)
+        if done.returncode != 0 or not out.exists():
+            raise RuntimeError(f"wrk failed: {done.stdout}{done.stderr}")
+        raw = json.loads(out.read_text())
+    return _wrk_figures(raw)
+
+
+def _wrk_figures(raw: dict[str, Any]) -> dict[str, Any]:
+    seconds = raw["duration_us"] / 1e6
+    latency = {k: v / 1000 for k, v in raw["latency_us"].items()}
+    errors = sum(raw["errors"].values())
+    return {
+        "requests": raw["requests"],
+        "seconds": round(seconds, 3),
+        "rps": round(raw["requests"] / seconds, 1),
+        "p50_ms": round(latency["p50"], 3),
+        "p90_ms": round(latency["p90"], 3),
+        "p99_ms": round(latency["p99"], 3),
+        "max_ms": round(latency["max"], 3),
+        "errors": errors,
+        "error_kinds": raw["errors"],
+    }
+
+
+# -- streams ------------------------------------------------------------------------
+
+
+@dataclass
+class StreamTiming:
+    ttfb_ms: float
+    total_ms: float
+    reads: int
+    events: int
+    delays_ms: list[float]
+
+
+async def _one_stream(
+    session: aiohttp.ClientSession,
+    target: Target,
+    headers: dict[str, str],
+) -> StreamTiming:
+    body = orjson.dumps(target.body)
+    arrivals: list[tuple[int, bytes]] = []
+    started = time.monotonic_ns()
+    async with session.post(target.url, data=body, headers=headers) as response:
+        if response.status != 200:
+            text = await response.text()
+            raise RuntimeError(f"{target.name}: {response.status} {text[:300]}")
+        async for chunk in response.content.iter_any():
+            arrivals.append((time.monotonic_ns(), chunk))
+    ended = time.monotonic_ns()
+    delays = [
+        (arrived - int(stamp)) / 1e6
+        for arrived, chunk in arrivals
+        for stamp in _STAMP.findall(chunk)
+    ]
+    return StreamTiming(
+        ttfb_ms=(arrivals[0][0] - started) / 1e6 if arrivals else float("nan"),
+        total_ms=(ended - started) / 1e6,
+        reads=len(arrivals),
+        events=len(delays),
+        delays_ms=delays,
+    )
+
+
+def _headers(target: Target, token: str) -> dict[str, str]:
+    headers = {"content-type": "application/json"}
+    if target.auth:
+        headers["authorization"] = f"Bearer {token}"
+    return headers
+
+
+async def stream_timings(
+    target: Target, token: str, *, runs: int, paced_runs: int, interval_ms: int
+) -> dict[str, Any]:
+    """Back-to-back 200-event streams (TTFB, total) and paced ones (per-event delay)."""
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        headers = _headers(target, token)
+        burst_target = target.steered(f"-n{EVENTS}")
+        paced_target = target.steered(f"-n{EVENTS}-i{interval_ms}")
+        await _one_stream(session, burst_target, headers)  # warm-up
+        burst = [await _one_stream(session, burst_target, headers) for _ in range(runs)]
+        paced = [
+            await _one_stream(session, paced_target, headers) for _ in range(paced_runs)
+        ]
+    delays = sorted(d for timing in paced for d in timing.delays_ms)
+    return {
+        "ttfb_p50_ms": round(statistics.median(t.ttfb_ms for t in burst), 3),
+        "total_p50_ms": round(statistics.median(t.total_ms for t in burst), 3),
+        "events": burst[0].events,
+        "paced_interval_ms": interval_ms,
+        "paced_total_p50_ms": round(statistics.median(t.total_ms for t in paced), 1),
+        "paced_reads_per_stream": round(statistics.mean(t.reads for t in paced), 1),
+        "paced_events_per_stream": round(statistics.mean(t.events for t in paced), 1),
+        "chunk_delay_p50_ms": round(_percentile(delays, 50), 3),
+        "chunk_delay_p99_ms": round(_percentile(delays, 99), 3),
+        "chunk_delay_max_ms": round(delays[-1], 3) if delays else None,
+    }
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    index = min(len(values) - 1, round(pct / 100 * (len(values) - 1)))
+    return values[index]
+
+
+# -- many open streams ----------------------------------------------------------------
+
+
+def rss_mb(pid: int) -> dict[str, float]:
+    """Resident memory now and at its peak (VmHWM), in MB, from /proc."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0]) / 1024
+    return {"rss_mb": round(fields["VmRSS"], 1), "peak_mb": round(fields["VmHWM"], 1)}
+
+
+async def open_streams(
+    target: Target,
+    tokens: list[str],
+    count: int,
+    pid: int,
+    *,
+    hold_ms: int,
+    deadline_s: float = 60,
+) -> dict[str, Any]:
+    """Hold `count` streams open at once (first event received, rest held back by the
+    fake) and read the gateway's memory while they are open."""
+    before = rss_mb(pid)
+    opened = 0
+    failures: list[str] = []
+
+    async def one(session: aiohttp.ClientSession, index: int) -> None:
+        nonlocal opened
+        headers = _headers(target, tokens[index % len(tokens)])
+        body = orjson.dumps(target.steered(f"-n{EVENTS}-h{hold_ms}").body)
+        try:
+            async with session.post(target.url, data=body, headers=headers) as resp:
+                if resp.status != 200:
+                    failures.append(f"{resp.status} {(await resp.text())[:200]}")
+                    return
+                await resp.content.readuntil(b"\n\n")
+                opened += 1
+                await asyncio.sleep(hold_ms / 1000 + 30)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            failures.append(type(exc).__name__)
+
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=None)
+    started = time.monotonic()
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        tasks = [asyncio.create_task(one(session, i)) for i in range(count)]
+        deadline = started + deadline_s
+        while opened + len(failures) < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        open_s = time.monotonic() - started
+        await asyncio.sleep(0.5)
+        during = rss_mb(pid)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return {
+        "streams": count,
+        "opened": opened,
+        "failures": len(failures),
+        "failure_examples": sorted(set(failures))[:5],
+        "seconds_to_open": round(open_s, 2),
+        "rss_before_mb": before["rss_mb"],
+        "rss_open_mb": during["rss_mb"],
+        "peak_mb": during["peak_mb"],
+    }

@@ -1,0 +1,289 @@
+"""`make bench`: one gateway worker measured against the fake provider called directly
+and through an nginx hop, in the same run, on the same machine.
+
+    .venv/bin/python -m bench.run [--seconds 5] [--out bench/results/latest]
+
+Measures requests/s and latency p50/p99 at 1 and 50 connections (wrk), stream time to
+first byte and total time of a 200-event SSE answer, per-event relay delay of a paced
+stream, the gateway's memory with 1,000 open streams, and Redis round trips per request;
+for OpenAI pass-through and for a Claude model through the translator. Prints a table
+with ratios, writes `<out>.json` and `<out>.png`. Needs wrk and nginx on PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import redis
+
+from bench import loadgen, report
+from bench.loadgen import Target
+from bench.redis_count import round_trips, server_commands
+from bench.stack import CLAUDE_STREAM_MODEL, STREAM_MODEL, Stack, raise_open_file_limit
+
+PROMPT = [{"role": "user", "content": "Say hello in French, in one short sentence."}]
+OPENAI_BODY: dict[str, Any] = {"model": "gpt-4o-mini", "messages": PROMPT}
+CLAUDE_BODY: dict[str, Any] = {"model": "claude-sonnet-4-6", "messages": PROMPT}
+ANTHROPIC_BODY: dict[str, Any] = {**CLAUDE_BODY, "max_tokens": 1024}
+STREAMS_FOR_MEMORY = 1000
+TOKENS = 200
+
+
+def request_targets(stack: Stack) -> dict[str, dict[str, Target]]:
+    """Per suite: the direct call, the nginx hop and the gateway."""
+    up = f"http://127.0.0.1:{stack.upstream_port}"
+    hop = f"http://127.0.0.1:{stack.hop_port}"
+    gw = f"http://127.0.0.1:{stack.gateway_port}"
+    chat, messages = "/v1/chat/completions", "/v1/messages"
+    return {
+        "openai": {
+            "direct": Target("direct", up + chat, OPENAI_BODY),
+            "nginx": Target("nginx", hop + chat, OPENAI_BODY),
+            "gateway": Target("gateway", gw + chat, OPENAI_BODY, auth=True),
+        },
+        "claude": {
+            "direct": Target("direct", up + messages, ANTHROPIC_BODY),
+            "nginx": Target("nginx", hop + messages, ANTHROPIC_BODY),
+            "gateway": Target("gateway", gw + chat, CLAUDE_BODY, auth=True),
+        },
+    }
+
+
+def stream_targets(stack: Stack) -> dict[str, dict[str, Target]]:
+    up = f"http://127.0.0.1:{stack.stream_port}"
+    hop = f"http://127.0.0.1:{stack.hop_stream_port}"
+    gw = f"http://127.0.0.1:{stack.gateway_port}"
+    chat, messages = "/v1/chat/completions", "/v1/messages"
+    openai = {**OPENAI_BODY, "stream": True}
+    anthropic = {**ANTHROPIC_BODY, "stream": True}
+    return {
+        "openai": {
+            "direct": Target("direct", up + chat, openai),
+            "nginx": Target("nginx", hop + chat, openai),
+            "gateway": Target(
+                "gateway", gw + chat, {**openai, "model": STREAM_MODEL}, auth=True
+            ),
+        },
+        "claude": {
+            "direct": Target("direct", up + messages, anthropic),
+            "nginx": Target("nginx", hop + messages, anthropic),
+            "gateway": Target(
+                "gateway",
+                gw + chat,
+                {**openai, "model": CLAUDE_STREAM_MODEL},
+                auth=True,
+            ),
+        },
+    }
+
+
+def measure_requests(
+    stack: Stack, tokens: list[str], seconds: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """wrk at 1 and 50 connections for every target; server-side Redis commands
+    during the gateway's 50-connection runs."""
+    results: dict[str, Any] = {}
+    redis_commands: dict[str, Any] = {}
+    for suite, targets in request_targets(stack).items():
+        results[suite] = {}
+        for name, target in targets.items():
+            loadgen.wrk(target, 50, 1, tokens)  # warm-up
+            row = {}
+            for connections in (1, 50):
+                _quiet_redis(stack.redis_client)
+                before = server_commands(stack.redis_client)
+                row[f"c{connections}"] = figures = loadgen.wrk(
+                    target, connections, seconds, tokens
+                )
+                if name == "gateway" and connections == 50:
+                    after = server_commands(stack.redis_client)
+                    per = (after - before) / max(figures["requests"], 1)
+                    redis_commands[suite] = round(per, 2)
+                _progress(suite, name, connections, figures)
+            results[suite][name] = row
+    return results, redis_commands
+
+
+def _progress(suite: str, name: str, connections: int, f: dict[str, Any]) -> None:
+    errors = f" errors={f['error_kinds']}" if f["errors"] else ""
+    print(
+        f"  {suite:<7}{name:<8} c{connections:<3} {f['rps']:>9.0f} req/s  "
+        f"p50 {f['p50_ms']:.3f} ms  p99 {f['p99_ms']:.3f} ms{errors}",
+        flush=True,
+    )
+
+
+async def _sequential(target: Target, token: str, count: int) -> int:
+    headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+    async with aiohttp.ClientSession() as session:
+        for _ in range(count):
+            async with session.post(
+                target.url, data=orjson.dumps(target.body), headers=headers
+            ) as response:
+                await response.read()
+                if response.status != 200:
+                    raise RuntimeError(f"{target.url}: status {response.status}")
+    return count
+
+
+def _quiet_redis(client: redis.Redis, deadline_s: float = 30) -> None:
+    """Wait until no command reaches Redis for a quarter second (requests whose
+    clients wrk already left may still be running in the gateway)."""
+    deadline = time.monotonic() + deadline_s
+    last = server_commands(client)
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = server_commands(client)
+        if now == last:
+            return
+        last = now
+
+
+def measure_round_trips(stack: Stack, tokens: list[str]) -> dict[str, Any]:
+    """Commands the gateway sends Redis per request, counted with MONITOR."""
+    _quiet_redis(stack.redis_client)
+    out = {}
+    for suite, targets in request_targets(stack).items():
+        gateway = targets["gateway"]
+        out[suite] = asyncio.run(
+            round_trips(
+                "127.0.0.1",
+                stack.redis_port,
+                lambda g=gateway: _sequential(g, tokens[0], 200),  # type: ignore[misc]
+            )
+        )
+    return out
+
+
+def measure_streams(stack: Stack, tokens: list[str]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for suite, targets in stream_targets(stack).items():
+        results[suite] = {}
+        for name, target in targets.items():
+            figures = asyncio.run(
+                loadgen.stream_timings(
+                    target, tokens[0], runs=20, paced_runs=3, interval_ms=2
+                )
+            )
+            results[suite][name] = figures
+            print(
+                f"  {suite:<7}{name:<8} stream ttfb {figures['ttfb_p50_ms']:.3f} ms "
+                f"total {figures['total_p50_ms']:.2f} ms  chunk delay p50 "
+                f"{figures['chunk_delay_p50_ms']:.3f} p99 "
+                f"{figures['chunk_delay_p99_ms']:.3f} ms  "
+                f"reads/stream {figures['paced_reads_per_stream']}",
+                flush=True,
+            )
+    return results
+
+
+def measure_memory(
+    stack: Stack, tokens: list[str], suites: list[str]
+) -> dict[str, Any]:
+    results = {}
+    for suite in suites:
+        target = stream_targets(stack)[suite]["gateway"]
+        figures = asyncio.run(
+            loadgen.open_streams(
+                target, tokens, STREAMS_FOR_MEMORY, stack.gateway_pid, hold_ms=20000
+            )
+        )
+        results[suite] = figures
+        print(
+            f"  {suite:<7}{STREAMS_FOR_MEMORY} open streams: opened "
+            f"{figures['opened']} (failures {figures['failures']}) in "
+            f"{figures['seconds_to_open']} s; gateway RSS "
+            f"{figures['rss_before_mb']} -> {figures['rss_open_mb']} MB "
+            f"(peak {figures['peak_mb']} MB)",
+            flush=True,
+        )
+        if figures["failure_examples"]:
+            print(f"    failures: {figures['failure_examples']}")
+    return results
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.partition(":")[2].strip()
+            break
+    import os
+
+    import uvicorn
+
+    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr
+    wrk_v = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        "uvicorn": uvicorn.__version__,
+        "nginx": nginx.strip().rpartition("/")[2],
+        "wrk": wrk_v.split()[1] if wrk_v else "",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _stop_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(f"stopped by signal {signum}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5, help="per wrk run")
+    parser.add_argument("--out", default="bench/results/latest")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-clients", action="store_true")
+    args = parser.parse_args()
+
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    open_files = raise_open_file_limit()
+    started = time.monotonic()
+    result: dict[str, Any] = {"machine": machine(), "open_file_limit": open_files}
+    with tempfile.TemporaryDirectory(prefix="subgate-bench-") as tmp:
+        stack = Stack(Path(tmp))
+        try:
+            stack.start()
+            tokens = stack.mint_tokens(TOKENS)
+            print("Requests (wrk, one thread):", flush=True)
+            requests, commands = measure_requests(stack, tokens, args.seconds)
+            result["requests"] = requests
+            result["redis"] = {
+                "server_commands_per_request": commands,
+                "monitor": measure_round_trips(stack, tokens),
+            }
+            print("Streams (200 events; paced: 2 ms apart):", flush=True)
+            result["streams"] = measure_streams(stack, tokens)
+            if not args.skip_memory:
+                result["memory"] = measure_memory(stack, tokens, ["openai", "claude"])
+        except Exception:
+            if stack.gateway is not None:
+                print(stack.gateway.logs()[-3000:], file=sys.stderr)
+            raise
+        finally:
+            stack.stop()
+    if not args.skip_clients:
+        from bench import client_compare
+
+        print("Upstream HTTP client, bare pass-through proxy:", flush=True)
+        result["clients"] = client_compare.compare(args.seconds)
+    result["seconds_taken"] = round(time.monotonic() - started, 1)
+    report.finish(result, Path(args.out))
+
+
+if __name__ == "__main__":
+    main()
