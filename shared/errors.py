@@ -147,6 +147,28 @@ class LoginRateLimited(RateLimited):
     message = "Too many login attempts; try again later."
 
 
+class QuotaExceeded(RateLimited):
+    """The user's daily or monthly token budget is spent; Retry-After until reset."""
+
+    code = "quota_exceeded"
+    message = "The token budget for this period is used up; try again after it resets."
+
+
+class ModelNotAllowed(SubgateError):
+    """The model is outside MODEL_ALLOWLIST."""
+
+    status, code, type = 403, "model_not_allowed", "permission_error"
+    message = "This model is not available through this gateway."
+    default_headers = {"x-should-retry": "false"}
+
+
+class MaxTokensTooLarge(SubgateError):
+    """The answer length asked for is over the model's ceiling (policy `refuse`)."""
+
+    status, code, type = 400, "max_tokens_too_large", "invalid_request_error"
+    message = "The requested answer length is over this model's limit."
+
+
 class UpstreamUnreachable(SubgateError):
     """The provider could not be reached."""
 

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from shared.errors import (
     Banned,
+    QuotaExceeded,
     RateLimited,
     SubgateError,
     SubscriptionRequired,
@@ -35,17 +36,30 @@ from shared.redis import (
     unavailable_on_failure,
 )
 from shared.settings import Settings
+from shared.usage import (
+    LEDGER_LUA,
+    NO_RESERVATION_ARGS,
+    RESERVE_SCRIPT,
+    BudgetDecision,
+    Reservation,
+    budget_decision,
+    usage_keys,
+)
 
 logger = logging.getLogger(__name__)
 
-Reason = Literal["ok", "revoked", "banned", "blocked", "minute", "hour"]
+Reason = Literal["ok", "revoked", "banned", "blocked", "minute", "hour", "quota"]
 
-# KEYS: revoked, ban, block, strikes, minute, hour
+# KEYS: revoked, ban, block, strikes, minute, hour, usage day, usage month, holds
 # ARGV: otid, nonce, minute limit, hour limit, permanent block, minute block s,
-#       hour block s, strike window s
-# Returns {reason, retry_after, remaining_minute, remaining_hour, member};
-# -1 means "no such limit".
-_CHECK_SCRIPT = """
+#       hour block s, strike window s, then the token reservation (shared/usage.py):
+#       day budget, month budget, tokens, hold id, hold ttl ms, busy retry s
+# Returns {reason, retry_after, remaining_minute, remaining_hour, member, hold,
+# remaining_day, remaining_month}; -1 means "no such limit". A request refused for
+# its token budget ('quota') is neither counted nor given a strike.
+_CHECK_SCRIPT = (
+    LEDGER_LUA
+    + """
 local revoked, ban, block, strikes, minute, hour = unpack(KEYS)
 local otid, nonce = ARGV[1], ARGV[2]
 local minute_limit, hour_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -132,6 +146,13 @@ if over_minute or over_hour then
   return {reason, retry, 0, 0, ''}
 end
 
+local budget = reserve(KEYS[7], KEYS[8], KEYS[9], math.floor(now / 1000),
+  tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), ARGV[12],
+  tonumber(ARGV[13]), tonumber(ARGV[14]))
+if budget[1] ~= 'ok' then
+  return {'quota', budget[2], -1, -1, '', '', budget[3], budget[4]}
+end
+
 local remaining_minute, remaining_hour, counted = -1, -1, ''
 if minute_limit > 0 then
   redis.call('ZADD', minute, now, member)
@@ -143,8 +164,10 @@ if hour_limit > 0 then
   redis.call('PEXPIRE', hour, 3600000)
   remaining_hour, counted = hour_limit - hour_count - 1, member
 end
-return {'ok', 0, remaining_minute, remaining_hour, counted}
+return {'ok', 0, remaining_minute, remaining_hour, counted, budget[5], budget[3],
+        budget[4]}
 """
+)
 
 # KEYS: minute, hour; ARGV: member
 _GIVE_BACK_SCRIPT = """
@@ -221,6 +244,9 @@ class Decision:
     remaining_minute: int | None = None
     remaining_hour: int | None = None
     member: str | None = None
+    hold: str | None = None
+    remaining_day: int | None = None
+    remaining_month: int | None = None
 
 
 ALLOWED_UNCOUNTED = Decision(allowed=True, reason="ok")
@@ -247,16 +273,33 @@ class RateLimiter:
         self._fail_open = fail_open
         self._check = redis.register_script(_CHECK_SCRIPT)
         self._give_back = redis.register_script(_GIVE_BACK_SCRIPT)
+        self._reserve = redis.register_script(RESERVE_SCRIPT)
 
-    async def check(self, user: str, *, limits: Limits, otid: str | None) -> Decision:
-        """Decide one request of `user` whose token carries `otid`."""
+    async def check(
+        self,
+        user: str,
+        *,
+        limits: Limits,
+        otid: str | None,
+        reservation: Reservation | None = None,
+    ) -> Decision:
+        """Decide one request of `user` whose token carries `otid`.
+
+        With a `reservation`, the same script checks the token budget and holds the
+        reservation's tokens (see shared/usage.py): still one round trip. With the
+        limiter off, the budget takes a second script after the revocation check.
+        """
         try:
             async with asyncio.timeout(OPERATION_TIMEOUT_SECONDS):
                 await ready(self._redis)
                 if self._enabled:
-                    decision = await self._run_check(user, limits, otid or "")
+                    decision = await self._run_check(
+                        user, limits, otid or "", reservation
+                    )
                 else:
                     decision = await self._check_revoked(user, otid or "")
+                    if decision.allowed and reservation is not None:
+                        decision = await self._run_reserve(user, reservation)
         except REDIS_ERRORS as exc:
             self._health.record_failure(exc)
             if self._fail_open:
@@ -278,8 +321,10 @@ class RateLimiter:
         except REDIS_ERRORS as exc:
             self._health.record_failure(exc)
 
-    async def _run_check(self, user: str, limits: Limits, otid: str) -> Decision:
-        keys = user_keys(user)
+    async def _run_check(
+        self, user: str, limits: Limits, otid: str, reservation: Reservation | None
+    ) -> Decision:
+        keys = list(user_keys(user).values()) + list(usage_keys(user).values())
         args: list[str | int] = [
             otid,
             uuid.uuid4().hex[:12],
@@ -290,8 +335,15 @@ class RateLimiter:
             limits.hourly_block_seconds,
             limits.strike_window_seconds,
         ]
-        reply = await self._check(keys=list(keys.values()), args=args)
+        args += reservation.script_args() if reservation else NO_RESERVATION_ARGS
+        reply = await self._check(keys=keys, args=args)
         return _decision(reply)
+
+    async def _run_reserve(self, user: str, reservation: Reservation) -> Decision:
+        reply = await self._reserve(
+            keys=list(usage_keys(user).values()), args=reservation.script_args()
+        )
+        return _from_budget(budget_decision(reply))
 
     async def _check_revoked(self, user: str, otid: str) -> Decision:
         if not otid:
@@ -303,7 +355,8 @@ class RateLimiter:
 
 
 def _decision(reply: list[Any]) -> Decision:
-    reason, retry_after, minute, hour, member = reply
+    reason, retry_after, minute, hour, member = reply[:5]
+    hold, day, month = reply[5:8] if len(reply) >= 8 else ("", -1, -1)
     return Decision(
         allowed=reason == "ok",
         reason=reason,
@@ -311,6 +364,20 @@ def _decision(reply: list[Any]) -> Decision:
         remaining_minute=None if int(minute) < 0 else int(minute),
         remaining_hour=None if int(hour) < 0 else int(hour),
         member=member or None,
+        hold=hold or None,
+        remaining_day=None if int(day) < 0 else int(day),
+        remaining_month=None if int(month) < 0 else int(month),
+    )
+
+
+def _from_budget(budget: BudgetDecision) -> Decision:
+    return Decision(
+        allowed=budget.allowed,
+        reason="ok" if budget.allowed else "quota",
+        retry_after=budget.retry_after,
+        hold=budget.hold,
+        remaining_day=budget.remaining_day,
+        remaining_month=budget.remaining_month,
     )
 
 
@@ -322,6 +389,8 @@ def decision_error(decision: Decision) -> SubgateError | None:
         return SubscriptionRequired("This purchase has been refunded or revoked.")
     if decision.reason == "banned":
         return Banned()
+    if decision.reason == "quota":
+        return QuotaExceeded(decision.retry_after)
     return RateLimited(decision.retry_after)
 
 
