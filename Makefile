@@ -8,7 +8,7 @@ STAMP := $(VENV)/.subgate-installed
 PYTEST_ARGS ?=
 STOREKIT_DIR ?= .data/dev-storekit
 
-.PHONY: help venv install run test lint certs storekit-dev clean distclean
+.PHONY: help venv install run test lint certs storekit-dev clean distclean soak
 .PHONY: cluster lint-deploy
 
 help:
@@ -17,6 +17,7 @@ help:
 	@echo "make lint-deploy   check docker-compose.yml, the Dockerfile and nginx's config"
 	@echo "make test          run the whole test suite (PYTEST_ARGS=... to narrow it)"
 	@echo "make lint          ruff check, ruff format --check, mypy"
+	@echo "make soak          two minutes of mixed traffic through three gateways"
 	@echo "make install       create $(VENV) and install the pinned dependencies"
 	@echo "make certs         fetch Apple's root certificates into certs/"
 	@echo "make storekit-dev  create a local test root for signing test purchases"
@@ -55,6 +56,9 @@ lint-deploy: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+soak: $(STAMP)
+	$(VENV_PY) scripts/soak.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
