@@ -6,6 +6,7 @@ import logging
 
 from gateway_service.auth_proxy import AuthProxy
 from gateway_service.callers import CallerAuthenticator
+from gateway_service.cost import CostControl
 from gateway_service.forwarding import Forwarder
 from gateway_service.handler import ApiHandler
 from gateway_service.models import ModelCatalog
@@ -25,6 +26,7 @@ from shared.limits import RateLimiter
 from shared.redis import RedisHealth, create_redis
 from shared.settings import Settings, merged_environ
 from shared.tokens import TokenVerifier
+from shared.usage import UsageLedger
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,11 @@ class Gateway:
         authenticator = CallerAuthenticator(settings, TokenVerifier(settings))
         forwarder = Forwarder(settings, self.upstream, self.registry)
         catalog = ModelCatalog(self.registry, self.upstream, forwarder.openai)
-        self.api = ApiHandler(settings, authenticator, limiter, forwarder, catalog)
+        ledger = UsageLedger(self.redis, health=self.health)
+        cost = CostControl(settings, self.registry, ledger)
+        self.api = ApiHandler(
+            settings, authenticator, limiter, forwarder, catalog, cost
+        )
         self.auth_proxy = AuthProxy(settings, self.upstream)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -24,6 +24,7 @@ class Caller:
     limits: Limits
     own_key: Secret | None = None
     own_key_provider: KeyProvider | None = None
+    product_id: str | None = None
 
 
 class CallerAuthenticator:
@@ -50,6 +51,7 @@ class CallerAuthenticator:
             user_id=session.user_id,
             original_transaction_id=session.original_transaction_id,
             limits=self._user_limits,
+            product_id=session.product_id,
         )
 
     def _passthrough_caller(self, key: str) -> Caller:

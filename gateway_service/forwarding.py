@@ -12,7 +12,7 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 
-from gateway_service import translation
+from gateway_service import metering, translation
 from gateway_service.callers import Caller
 from gateway_service.providers.config import Provider, ProviderRegistry
 from gateway_service.relay import is_event_stream, relay_body
@@ -48,6 +48,8 @@ _USER_FIELD_PATHS = frozenset(
         "/v1/responses",
     }
 )
+# OpenAI endpoints whose streams report usage only when asked (stream_options).
+_STREAM_USAGE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 _MAX_ERROR_BODY = 1 << 20
 _KEEP_ERROR_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry")
 
@@ -67,6 +69,9 @@ class Outbound:
     own_key: bool = False
     stream: bool = False
     include_usage: bool = False
+    # Usage the gateway asked for (token accounting); dropped when the client did not.
+    forced_usage: bool = False
+    meter: metering.Meter | None = None
 
 
 class Forwarder:
@@ -85,6 +90,7 @@ class Forwarder:
             api_key=settings.openai_api_key,
         )
         self.openai_organization = settings.openai_organization
+        self._force_usage = settings.token_accounting
 
     # -- planning -------------------------------------------------------------------
 
@@ -132,6 +138,12 @@ class Forwarder:
         if provider is self.openai and self.openai_organization and not caller.own_key:
             headers["OpenAI-Organization"] = self.openai_organization
         path = scope["path"]
+        stream, include_usage = _stream_usage(path, payload)
+        forced = stream and not include_usage and self._force_usage
+        if payload is not None and forced:
+            options = payload.get("stream_options")
+            options = dict(options) if isinstance(options, dict) else {}
+            payload["stream_options"] = {**options, "include_usage": True}
         if payload is not None and path in _USER_FIELD_PATHS:
             _set_end_user(payload, caller)
             body = orjson.dumps(payload)
@@ -145,6 +157,9 @@ class Forwarder:
             body=body or None,
             model=_model_name(payload),
             own_key=caller.own_key is not None,
+            stream=stream,
+            include_usage=include_usage,
+            forced_usage=forced,
         )
 
     def _plan_native_anthropic(
@@ -246,10 +261,14 @@ async def _relay_passthrough(
         }
     )
     broken = None
-    if is_event_stream(response):
+    streaming = is_event_stream(response)
+    if streaming:
         shape = outbound.shape
         broken = lambda: sse_error_event(shape)  # noqa: E731
-    await relay_body(response, send, broken=broken)
+    transform, finish = metering.passthrough_hooks(
+        outbound.meter, streaming=streaming, drop_usage_chunk=outbound.forced_usage
+    )
+    await relay_body(response, send, transform=transform, finish=finish, broken=broken)
 
 
 def sse_error_event(shape: ErrorShape) -> bytes:
@@ -330,6 +349,18 @@ def _set_end_user(payload: dict[str, Any], caller: Caller) -> None:
     payload["user"] = user_hash
     if "safety_identifier" in payload:
         payload["safety_identifier"] = user_hash
+
+
+def _stream_usage(path: str, payload: dict[str, Any] | None) -> tuple[bool, bool]:
+    """Whether an OpenAI call streams with opt-in usage; whether the client opted in."""
+    if (
+        payload is None
+        or path not in _STREAM_USAGE_PATHS
+        or payload.get("stream") is not True
+    ):
+        return False, False
+    options = payload.get("stream_options")
+    return True, isinstance(options, dict) and options.get("include_usage") is True
 
 
 def _model(payload: dict[str, Any] | None) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from gateway_service.callers import Caller, CallerAuthenticator
+from gateway_service.cost import USAGE_PATH, CostControl, Ticket, budget_headers
 from gateway_service.forwarding import Forwarder, Outbound
 from gateway_service.models import ModelCatalog
 from gateway_service.relay import until_disconnect
@@ -16,6 +17,7 @@ from shared import metrics
 from shared.asgi import (
     JSON_HEADERS,
     Receive,
+    RequestInfo,
     Scope,
     Send,
     header,
@@ -45,12 +47,14 @@ class ApiHandler:
         limiter: RateLimiter,
         forwarder: Forwarder,
         catalog: ModelCatalog,
+        cost: CostControl,
     ) -> None:
         self._rules = PathRules(settings.allowed_paths)
         self._authenticator = authenticator
         self._limiter = limiter
         self._forwarder = forwarder
         self._catalog = catalog
+        self._cost = cost
         self._max_body = settings.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -66,29 +70,67 @@ class ApiHandler:
         if not self._rules.allows(method, path, scope.get("raw_path") or b""):
             raise EndpointNotAllowed()
         self._check_declared_length(scope)
-
-        decision = await self._admit(caller)
-        local = method == "GET" and caller.own_key is None
-        if local and await self._answer_models(path, send, _limit_headers(decision)):
+        if method == "GET" and path == USAGE_PATH:
+            await self._cost.answer_usage(caller, send)  # not counted by the limiter
             return
-        body = await read_body(receive, self._max_body)
-        outbound = self._forwarder.plan(scope, body, caller, _json_body(scope, body))
-        info.provider, info.model = outbound.provider, outbound.model
+
+        if self._cost.reserves_first(method, path, caller):
+            # The reservation needs the body (model, max_tokens), so it is read first
+            # and the budget checked in the limiter's one script.
+            body = await read_body(receive, self._max_body)
+            payload = _json_body(scope, body)
+            ticket = self._cost.prepare(caller, method, path, payload, body)
+            decision = await self._admit(caller, ticket)
+        else:
+            decision = await self._admit(caller, None)
+            local = method == "GET" and caller.own_key is None
+            headers = _limit_headers(decision)
+            if local and await self._answer_models(path, send, headers):
+                return
+            body = await read_body(receive, self._max_body)
+            payload = _json_body(scope, body)
+            ticket = self._cost.prepare(caller, method, path, payload, body)
 
         try:
+            await self._forward(
+                scope, receive, send, caller, decision, ticket, (body, payload)
+            )
+        finally:
+            if ticket is not None:
+                await self._cost.settle(caller, ticket, decision)
+                _log_tokens(info, ticket)
+
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        caller: Caller,
+        decision: Decision,
+        ticket: Ticket | None,
+        request: tuple[bytes, dict[str, Any] | None],
+    ) -> None:
+        info = request_info(scope)
+        outbound = self._forwarder.plan(scope, request[0], caller, request[1])
+        info.provider, info.model = outbound.provider, outbound.model
+        if ticket is not None:
+            translated = outbound.mode == "translated" or outbound.shape == "anthropic"
+            outbound.meter = ticket.new_meter("anthropic" if translated else "openai")
+        headers = _limit_headers(decision) + budget_headers(decision)
+        try:
             await until_disconnect(
-                self._forwarder.deliver(outbound, send, _limit_headers(decision), info),
-                receive,
+                self._forwarder.deliver(outbound, send, headers, info), receive
             )
         except UpstreamUnreachable:
             await self._limiter.give_back(caller.user_id, decision)
             raise
 
-    async def _admit(self, caller: Caller) -> Decision:
+    async def _admit(self, caller: Caller, ticket: Ticket | None) -> Decision:
         decision = await self._limiter.check(
             caller.user_id,
             limits=caller.limits,
             otid=caller.original_transaction_id,
+            reservation=ticket.reservation if ticket else None,
         )
         metrics.LIMITER_DECISIONS.labels(decision.reason).inc()
         error = decision_error(decision)
@@ -130,6 +172,12 @@ def _json_body(scope: Scope, body: bytes) -> dict[str, Any] | None:
     if not isinstance(parsed, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return parsed
+
+
+def _log_tokens(info: RequestInfo, ticket: Ticket) -> None:
+    meter = ticket.meter
+    if meter is not None and meter.started and not info.tokens:
+        info.tokens = dict(zip(("prompt", "completion"), meter.tokens(), strict=True))
 
 
 def _limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:

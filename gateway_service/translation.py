@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
 
+from gateway_service import metering
 from gateway_service.providers import anthropic
 from gateway_service.providers.config import ModelConfig, Provider
 from gateway_service.relay import is_event_stream, relay_body
@@ -76,12 +78,17 @@ async def relay_translated(
     created = int(time.time())
     if is_event_stream(response):
         translator = anthropic.StreamTranslator(outbound.include_usage, created)
+        transform: Callable[[bytes], bytes] = translator.feed
+        if outbound.meter is not None:
+            outbound.meter.started = True
+            scanner = metering.StreamScanner(outbound.meter, drop_usage_chunk=False)
+            transform = lambda chunk: translator.feed(scanner.feed(chunk))  # noqa: E731
         start = {"type": "http.response.start", "status": 200}
         await send({**start, "headers": _SSE_HEADERS + extra_headers})
         await relay_body(
             response,
             send,
-            transform=translator.feed,
+            transform=transform,
             finish=translator.finish,
             broken=translator.finish,
         )
@@ -90,6 +97,9 @@ async def relay_translated(
 
     translated = _translated_message(await response.read(), created)
     usage = translated.get("usage") or {}
+    if outbound.meter is not None:
+        outbound.meter.started = True
+        outbound.meter.record(usage, final=True)
     info.tokens = {
         "prompt": int(usage.get("prompt_tokens", 0)),
         "completion": int(usage.get("completion_tokens", 0)),

@@ -22,7 +22,7 @@ DEFAULT_ALLOWED_PATHS = (
     "POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, "
     "POST /v1/moderations, GET /v1/models, GET /v1/models/*, POST /v1/audio/*, "
     "POST /v1/images/*, POST /v1/responses, POST /v1/messages, "
-    "POST /v1/messages/count_tokens"
+    "POST /v1/messages/count_tokens, GET /v1/usage"
 )
 DEFAULT_TRUSTED_PROXIES = (
     "127.0.0.0/8, ::1/128, 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fc00::/7"
@@ -168,6 +168,32 @@ def _allowed_paths(raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(rules)
 
 
+def _product_budgets(raw: str) -> tuple[tuple[str, int | None, int | None], ...]:
+    """`<product id>=daily:<n>/monthly:<n>, ...`; a missing period keeps the global."""
+    budgets = []
+    for item in _list(raw):
+        product, _, spec = item.rpartition("=")
+        amounts: dict[str, int] = {}
+        for part in spec.split("/"):
+            period, _, amount = part.strip().partition(":")
+            if period not in ("daily", "monthly") or not amount.strip().isdigit():
+                raise ValueError(
+                    f"entry {item!r} must look like 'pro=daily:200000/monthly:5000000'"
+                )
+            amounts[period] = int(amount)
+        if not product.strip():
+            raise ValueError(f"entry {item!r} needs a product id before '='")
+        budgets.append((product.strip(), amounts.get("daily"), amounts.get("monthly")))
+    return tuple(budgets)
+
+
+def _max_tokens_policy(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("clamp", "refuse"):
+        raise ValueError("must be clamp or refuse")
+    return value
+
+
 def _setting(
     name: str,
     default: str | None,
@@ -285,6 +311,15 @@ class Settings:
     hourly_block_seconds: int = _setting("HOURLY_BLOCK_SECONDS", "3600", _int)
     strike_window_seconds: int = _setting("STRIKE_WINDOW_SECONDS", "86400", _int)
     login_rate_limit: int = _setting("LOGIN_RATE_LIMIT", "30", _int)
+    token_accounting: bool = _setting("TOKEN_ACCOUNTING", "1", _bool)
+    daily_token_budget: int = _setting("DAILY_TOKEN_BUDGET", "0", _int)
+    monthly_token_budget: int = _setting("MONTHLY_TOKEN_BUDGET", "0", _int)
+    product_token_budgets: tuple[tuple[str, int | None, int | None], ...] = _setting(
+        "PRODUCT_TOKEN_BUDGETS", "", _product_budgets
+    )
+    model_allowlist: tuple[str, ...] = _setting("MODEL_ALLOWLIST", "", _list)
+    max_tokens_ceiling: int = _setting("MAX_TOKENS_CEILING", "0", _int)
+    max_tokens_policy: str = _setting("MAX_TOKENS_POLICY", "clamp", _max_tokens_policy)
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
         _setting("TRUSTED_PROXIES", DEFAULT_TRUSTED_PROXIES, _networks)
     )

@@ -182,7 +182,7 @@ async def test_usage_limiter_reserves_in_its_one_script(
     assert first.allowed and first.hold and first.remaining_day == 40
     assert first.remaining_minute == 99
     held = await redis_client.hget(usage_keys(USER)["holds"], first.hold)
-    assert held is not None and held.startswith("60:")
+    assert held is not None and str(held).startswith("60:")
 
     await UsageLedger(redis_client).settle(USER, first.hold, 70, 40)
     refused = await limiter.check(
