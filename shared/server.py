@@ -4,10 +4,11 @@ graceful drain on SIGTERM (not ready at once, in-flight requests finish, then ex
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, Protocol
 
 import uvicorn
@@ -46,6 +47,14 @@ class _DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: Drainable) -> None:
         super().__init__(config)
         self._drainable = app
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            yield
+            # uvicorn re-raises the stop signal after serving; a drained stop is a
+            # clean exit, so forget it and exit 0.
+            self._captured_signals.clear()
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         if not self._drainable.draining:
