@@ -1,4 +1,4 @@
-"""Operator command line for bans, blocks and revocations kept in Redis.
+"""Operator command line for bans, blocks, revocations and token usage kept in Redis.
 
 Run `python -m shared.admin --help` (or `subgate-admin`). It reads only `REDIS_URL` and
 `REDIS_CLUSTER` from the environment or `.env`, and scans every master of a Cluster.
@@ -17,6 +17,7 @@ import orjson
 from shared.limits import user_keys
 from shared.redis import REDIS_ERRORS, SyncRedis, create_sync_redis
 from shared.settings import SettingsError, load_redis_settings
+from shared.usage import NO_BUDGET, read_usage, reset_usage
 
 _BAN_PREFIX = "subgate:ban:{"
 _BLOCK_PREFIX = "subgate:block:{"
@@ -161,6 +162,39 @@ def cmd_restore(client: SyncRedis, args: argparse.Namespace) -> dict[str, Any] |
     return f"Purchase {args.otid} of {args.user} was not revoked."
 
 
+def cmd_usage(client: SyncRedis, args: argparse.Namespace) -> dict[str, Any] | str:
+    report = read_usage(client, args.user)
+    if args.json:
+        return report.as_json(NO_BUDGET)
+    lines = [("user", report.user), ("reserved now", f"{report.reserved} tokens")]
+    for label, period in (("today", report.day), ("this month", report.month)):
+        lines.append(
+            (
+                f"{label} ({period.name})",
+                f"{period.input_tokens} in + {period.output_tokens} out = "
+                f"{period.total_tokens} tokens, {period.requests} requests; "
+                f"resets {_utc(str(period.resets_at))}",
+            )
+        )
+    return "\n".join(f"{name + ':':<24}{value}" for name, value in lines)
+
+
+def cmd_reset_usage(
+    client: SyncRedis, args: argparse.Namespace
+) -> dict[str, Any] | str:
+    day = args.day or not args.month
+    month = args.month or not args.day
+    removed = reset_usage(client, args.user, day=day, month=month)
+    which = " and ".join(name for name, on in (("day", day), ("month", month)) if on)
+    if args.json:
+        return {
+            "user": args.user,
+            "reset": which.split(" and "),
+            "changed": removed > 0,
+        }
+    return f"Reset the {which} token usage of {args.user}."
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="subgate-admin",
@@ -179,11 +213,18 @@ def _parser() -> argparse.ArgumentParser:
         ("unblock", cmd_unblock, "lift a temporary block"),
         ("revoked", cmd_revoked, "list a user's revoked purchases"),
         ("restore", cmd_restore, "un-revoke one purchase of a user"),
+        ("usage", cmd_usage, "a user's token usage today and this month"),
+        ("reset-usage", cmd_reset_usage, "forget a user's token usage (budget reset)"),
     ):
         command = commands.add_parser(name, help=text)
         command.add_argument("user", help="user id, e.g. acct:<uuid> or txn:<id>")
         if name == "restore":
             command.add_argument("otid", help="originalTransactionId")
+        if name == "reset-usage":
+            command.add_argument("--day", action="store_true", help="only today's")
+            command.add_argument(
+                "--month", action="store_true", help="only the month's"
+            )
         command.set_defaults(run=run)
     return parser
 
