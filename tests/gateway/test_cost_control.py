@@ -23,7 +23,12 @@ import redis
 
 from auth_service.dev_storekit import DevChain
 from tests.conftest import Stack
-from tests.support.fake_anthropic import FakeAnthropic, message, text_stream_events
+from tests.support.fake_anthropic import (
+    FakeAnthropic,
+    StreamItem,
+    message,
+    text_stream_events,
+)
 from tests.support.fake_openai import FakeOpenAI, chunk, completion, usage
 from tests.support.fake_upstream import Answer
 from tests.support.processes import REPO, service_env, start_auth, start_gateway
@@ -100,6 +105,10 @@ def _charged(stack: Stack, token: str, requests: int = 1) -> tuple[int, int]:
         time.sleep(0.02)
 
 
+def _events(parts: list[str]) -> list[StreamItem]:
+    return list(text_stream_events(parts))
+
+
 def _sse_data(text: str) -> list[Any]:
     lines = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
     return [orjson.loads(line) for line in lines if line != "[DONE]"]
@@ -170,7 +179,7 @@ def test_cost_claude_translated_json_and_stream(cost: Stack) -> None:
     client.chat.completions.create(model="claude-sonnet-4-6", messages=messages)
     assert _charged(cost, token) == (97, 9)
 
-    cost.anthropic.script_stream(text_stream_events(["a", "b", "c"]))
+    cost.anthropic.script_stream(_events(["a", "b", "c"]))
     stream = client.chat.completions.create(
         model="claude-sonnet-4-6", messages=messages, stream=True
     )
@@ -191,7 +200,7 @@ def test_cost_anthropic_native_json_and_stream(cost: Stack) -> None:
     assert _post(cost, token, "/v1/messages", body).status_code == 200
     assert _charged(cost, token) == (45, 5)
 
-    cost.anthropic.script_stream(text_stream_events(["x", "y"]))
+    cost.anthropic.script_stream(_events(["x", "y"]))
     response = _post(cost, token, "/v1/messages", {**body, "stream": True})
     assert "event: message_delta" in response.text
     assert _charged(cost, token, requests=2) == (45 + 10, 5 + 2)
