@@ -90,6 +90,13 @@ def _wrk_figures(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
 # -- streams ------------------------------------------------------------------------
 
 
@@ -194,11 +201,15 @@ async def open_streams(
     pid: int,
     *,
     hold_ms: int,
+    ramp: int = 50,
     deadline_s: float = 60,
 ) -> dict[str, Any]:
     """Hold `count` streams open at once (first event received, rest held back by the
     fake) and read the gateway's memory while they are open."""
     before = rss_mb(pid)
+    # At most `ramp` streams are being opened at any moment, as when clients arrive
+    # over a second or two rather than in the same millisecond.
+    opening = asyncio.BoundedSemaphore(ramp)
     opened = 0
     failures: list[str] = []
 
@@ -206,6 +217,8 @@ async def open_streams(
         nonlocal opened
         headers = _headers(target, tokens[index % len(tokens)])
         body = orjson.dumps(target.steered(f"-n{EVENTS}-h{hold_ms}").body)
+        await opening.acquire()
+        waiting = True
         try:
             async with session.post(target.url, data=body, headers=headers) as resp:
                 if resp.status != 200:
@@ -213,9 +226,14 @@ async def open_streams(
                     return
                 await resp.content.readuntil(b"\n\n")
                 opened += 1
+                opening.release()
+                waiting = False
                 await asyncio.sleep(hold_ms / 1000 + 30)
         except (TimeoutError, aiohttp.ClientError) as exc:
             failures.append(type(exc).__name__)
+        finally:
+            if waiting:
+                opening.release()
 
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=None)

@@ -103,9 +103,15 @@ def measure_requests(
             for connections in (1, 50):
                 _quiet_redis(stack.redis_client)
                 before = server_commands(stack.redis_client)
+                cpu_before = loadgen.cpu_seconds(stack.gateway_pid)
                 row[f"c{connections}"] = figures = loadgen.wrk(
                     target, connections, seconds, tokens
                 )
+                if name == "gateway":
+                    cpu = loadgen.cpu_seconds(stack.gateway_pid) - cpu_before
+                    figures["gateway_cpu_us_per_request"] = round(
+                        1e6 * cpu / max(figures["requests"], 1), 1
+                    )
                 if name == "gateway" and connections == 50:
                     after = server_commands(stack.redis_client)
                     per = (after - before) / max(figures["requests"], 1)
@@ -117,6 +123,8 @@ def measure_requests(
 
 def _progress(suite: str, name: str, connections: int, f: dict[str, Any]) -> None:
     errors = f" errors={f['error_kinds']}" if f["errors"] else ""
+    if "gateway_cpu_us_per_request" in f:
+        errors += f"  gateway CPU {f['gateway_cpu_us_per_request']} µs/request"
     print(
         f"  {suite:<7}{name:<8} c{connections:<3} {f['rps']:>9.0f} req/s  "
         f"p50 {f['p50_ms']:.3f} ms  p99 {f['p99_ms']:.3f} ms{errors}",
@@ -238,6 +246,10 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _load_average() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
 def _stop_on_signal(signum: int, frame: Any) -> None:
     raise SystemExit(f"stopped by signal {signum}")
 
@@ -253,7 +265,12 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _stop_on_signal)
     open_files = raise_open_file_limit()
     started = time.monotonic()
-    result: dict[str, Any] = {"machine": machine(), "open_file_limit": open_files}
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "open_file_limit": open_files,
+        # Other work on the machine during the run skews every figure: look here first.
+        "load_average": {"start": _load_average()},
+    }
     with tempfile.TemporaryDirectory(prefix="subgate-bench-") as tmp:
         stack = Stack(Path(tmp))
         try:
@@ -282,6 +299,7 @@ def main() -> None:
         print("Upstream HTTP client, bare pass-through proxy:", flush=True)
         result["clients"] = client_compare.compare(args.seconds)
     result["seconds_taken"] = round(time.monotonic() - started, 1)
+    result["load_average"]["end"] = _load_average()
     report.finish(result, Path(args.out))
 
 

@@ -82,8 +82,7 @@ class Stack:
     # -- start and stop -------------------------------------------------------------
 
     def start(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self._spawn_nginx("upstream", self.upstream_port, {"PORT": self.upstream_port})
+        self.start_fixed_upstream()
         self._spawn(
             "fake_stream",
             [sys.executable, str(BENCH / "fake_stream.py"), str(self.stream_port)],
@@ -98,6 +97,15 @@ class Stack:
         self._spawn_nginx("hop", self.hop_port, hop_values)
         self._spawn_redis()
         self._start_gateway()
+
+    def start_fixed_upstream(self) -> None:
+        """Only the nginx fake with fixed answers."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._spawn_nginx("upstream", self.upstream_port, {"PORT": self.upstream_port})
+
+    def spawn(self, name: str, args: list[str], port: int) -> None:
+        """Start another process that listens on `port`; stopped with the rest."""
+        self._spawn(name, args, port)
 
     def stop(self) -> None:
         if self.gateway is not None:
