@@ -4,8 +4,8 @@ and slow-client (slowloris) timeouts, which are the load balancer's job.
 Decision (see the report and README "Limits"): uvicorn with httptools has no limit on
 header size and no deadline for reading a request, and an ASGI application cannot see
 header reads. Subgate is deployed behind nginx (docker-compose and `make cluster` ship
-deploy/nginx/subgate-proxy.conf), whose `large_client_header_buffers` (default 4 x 8k)
-caps headers and whose `client_header_timeout` / `client_body_timeout` (default 60 s)
+deploy/nginx/subgate-proxy.conf), whose `large_client_header_buffers` (4 x 16k)
+caps headers and whose `client_header_timeout` / `client_body_timeout` (10 s / 30 s)
 drop slow clients; nginx also buffers request bodies, so a slow upload never ties up a
 gateway. The tests below run nginx with the shipped proxy rules, shortening only the
 two timeouts so the suite stays fast, and show that a gateway reached directly keeps
@@ -14,6 +14,7 @@ serving others while slow clients hang on (asyncio), so it must not be exposed a
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import httpx
 import pytest
 
 from auth_service.dev_storekit import DevChain
-from scripts.cluster import find_nginx
+from scripts.cluster import PROXY_CONF, find_nginx
 from tests.conftest import BUNDLE_ID, Stack
 from tests.hostile.support import (
     OwnStack,
@@ -64,11 +65,19 @@ def nginx(
     proxy = NginxProcess(
         binary, tmp_path_factory.mktemp("nginx"), [running_stack.gateway.port]
     )
-    shorter = (
-        f"http {{\n    client_header_timeout {NGINX_TIMEOUT}s;\n"
-        f"    client_body_timeout {NGINX_TIMEOUT}s;\n"
+    # The shipped proxy rules with only the two client timeouts shortened.
+    rules = PROXY_CONF.read_text()
+    rules = re.sub(
+        r"client_header_timeout \d+s", f"client_header_timeout {NGINX_TIMEOUT}s", rules
     )
-    proxy.conf.write_text(proxy.conf.read_text().replace("http {\n", shorter, 1))
+    rules = re.sub(
+        r"client_body_timeout \d+s", f"client_body_timeout {NGINX_TIMEOUT}s", rules
+    )
+    shortened = proxy.prefix / "subgate-proxy-short.conf"
+    shortened.write_text(rules)
+    proxy.conf.write_text(
+        proxy.conf.read_text().replace(str(PROXY_CONF), str(shortened))
+    )
     proxy.start()
     yield proxy
     proxy.stop()
