@@ -87,6 +87,8 @@ def run_service(
         access_log=False,
         log_config=None,
         server_header=False,
+        # Client addresses are worked out by Subgate itself, against TRUSTED_PROXIES.
+        proxy_headers=False,
         date_header=False,
         backlog=4096,
         timeout_keep_alive=75,

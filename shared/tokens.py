@@ -16,6 +16,9 @@ from shared.settings import Secret, Settings
 ISSUER = "subgate-auth"
 AUDIENCE = "subgate-gateway"
 ALGORITHM = "HS256"
+# Verified tokens remembered per process, so a client's every call does not pay for
+# base64, JSON and HMAC again; bounded, and each hit re-checks the expiry.
+_CACHE_SIZE = 10_000
 _REQUIRED_CLAIMS = ["iss", "aud", "sub", "iat", "exp", "jti"]
 
 
@@ -80,9 +83,20 @@ class TokenVerifier:
     def __init__(self, settings: Settings) -> None:
         secrets = (settings.jwt_secret, *settings.jwt_previous_secrets)
         self._keys = {key_id(secret): secret.get() for secret in secrets}
+        self._verified: dict[str, Session] = {}
 
     def verify(self, token: str) -> Session:
         """The token's session, or SessionExpired for anything not valid now."""
+        session = self._verified.get(token)
+        if session is not None and session.expires_at > time.time():
+            return session
+        session = self._verify(token)
+        if len(self._verified) >= _CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = session
+        return session
+
+    def _verify(self, token: str) -> Session:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:

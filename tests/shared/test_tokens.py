@@ -188,3 +188,16 @@ def test_session_expired_error_tells_the_app_to_log_in_again() -> None:
     assert error.status == 407
     assert error.headers["Proxy-Authenticate"] == 'Bearer realm="subgate"'
     assert json.loads(error.body())["error"]["code"] == "session_expired"
+
+
+def test_remembered_token_is_refused_once_it_expires() -> None:
+    verifier = TokenVerifier(make_settings())
+    expires_at = int(time.time()) + 1
+    token = forge(claims(exp=expires_at))
+    assert verifier.verify(token).expires_at == expires_at
+
+    while time.time() < expires_at:
+        time.sleep(0.05)
+
+    with pytest.raises(SessionExpired):
+        verifier.verify(token)
