@@ -9,11 +9,12 @@ PYTEST_ARGS ?=
 STOREKIT_DIR ?= .data/dev-storekit
 
 .PHONY: help venv install run test lint certs storekit-dev clean distclean soak
-.PHONY: cluster lint-deploy
+.PHONY: cluster lint-deploy bench
 
 help:
 	@echo "make run           start Redis (embedded if needed), auth and gateway"
 	@echo "make cluster       Redis, auth, 3 gateways and nginx in front (needs nginx)"
+	@echo "make bench         gateway vs direct vs nginx hop (needs wrk and nginx)"
 	@echo "make lint-deploy   check docker-compose.yml, the Dockerfile and nginx's config"
 	@echo "make test          run the whole test suite (PYTEST_ARGS=... to narrow it)"
 	@echo "make lint          ruff check, ruff format --check, mypy"
@@ -49,6 +50,10 @@ run: $(STAMP)
 
 cluster: $(STAMP)
 	$(VENV_PY) scripts/cluster.py
+
+bench: $(STAMP)
+	$(VENV_PY) -m pip install --quiet -c requirements.lock -e '.[dev,bench]'
+	$(VENV_PY) -m bench.run
 
 lint-deploy: $(STAMP)
 	$(VENV)/bin/pytest -q tests/deploy/test_compose.py tests/deploy/test_dockerfile.py \
