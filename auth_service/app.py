@@ -47,7 +47,11 @@ class AuthService:
     ) -> None:
         self.settings = settings
         self.draining = False
-        self.redis = create_redis(settings.redis_url, cluster=settings.redis_cluster)
+        self.redis = create_redis(
+            settings.redis_url,
+            cluster=settings.redis_cluster,
+            max_connections=settings.redis_max_connections,
+        )
         self.health = RedisHealth(self.redis)
         self.verifier = verifier or PurchaseVerifier.from_settings(settings)
         self.signer = TokenSigner(settings)

@@ -40,7 +40,11 @@ class Gateway:
         self.registry: ProviderRegistry = load_providers(
             settings.providers_file or None, settings, merged_environ()
         )
-        self.redis = create_redis(settings.redis_url, cluster=settings.redis_cluster)
+        self.redis = create_redis(
+            settings.redis_url,
+            cluster=settings.redis_cluster,
+            max_connections=settings.redis_max_connections,
+        )
         self.health = RedisHealth(self.redis)
         self.upstream = UpstreamClient(settings)
         limiter = RateLimiter(

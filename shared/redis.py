@@ -54,11 +54,18 @@ def _options() -> dict[str, Any]:
     }
 
 
-def create_redis(url: str, *, cluster: bool) -> AsyncRedis:
+DEFAULT_MAX_CONNECTIONS = 256
+
+
+def create_redis(
+    url: str, *, cluster: bool, max_connections: int = DEFAULT_MAX_CONNECTIONS
+) -> AsyncRedis:
     """An asyncio client for `redis://`, `rediss://` or `unix://` URLs.
 
     Nothing is connected yet, so a service can start while Redis is down.
-    Responses are decoded to `str`.
+    Responses are decoded to `str`. A burst of more concurrent commands than
+    `max_connections` waits for a free connection (within the operation's time)
+    instead of failing at once.
     """
     if cluster:
         # One immediate retry: a fresh Cluster client's first concurrent commands
@@ -66,9 +73,14 @@ def create_redis(url: str, *, cluster: bool) -> AsyncRedis:
         return redis.asyncio.RedisCluster.from_url(
             url, retry=AsyncRetry(NoBackoff(), 1), **_options()
         )
-    return redis.asyncio.Redis.from_url(
-        url, retry=AsyncRetry(NoBackoff(), 0), **_options()
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max(1, max_connections),
+        timeout=OPERATION_TIMEOUT_SECONDS,
+        retry=AsyncRetry(NoBackoff(), 0),
+        **_options(),
     )
+    return redis.asyncio.Redis.from_pool(pool)
 
 
 def create_sync_redis(url: str, *, cluster: bool) -> SyncRedis:

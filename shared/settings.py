@@ -219,6 +219,7 @@ class Settings:
 
     redis_url: str = _setting("REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url)
     redis_cluster: bool = _setting("REDIS_CLUSTER", "0", _bool)
+    redis_max_connections: int = _setting("REDIS_MAX_CONNECTIONS", "256", _int)
 
     gateway_host: str = _setting("GATEWAY_HOST", "127.0.0.1", _str)
     gateway_port: int = _setting("GATEWAY_PORT", "8080", _int)
