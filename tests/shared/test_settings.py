@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from shared.settings import Secret, SettingsError, load_settings
+from shared.settings import Secret, Settings, SettingsError, load_settings
 from tests.support.processes import REPO
 
 SECRET = "x" * 40
@@ -22,7 +23,7 @@ def test_settings_accept_every_legacy_name(tmp_path: Path) -> None:
         "appAppleId": "123",
         "appTeamId": "TEAM",
         "environment": "sandbox",
-        "IAPPrivateKey": "-----BEGIN PRIVATE KEY-----\\nabc\\n-----END PRIVATE KEY-----",
+        "IAPPrivateKey": "-----BEGIN KEY-----\\nabc\\n-----END KEY-----",
         "IAPIssuerId": "issuer",
         "IAPKeyId": "key",
         "OpenAI-APIKey": "sk-openai",
@@ -132,3 +133,15 @@ def test_service_stops_at_once_naming_each_problem(module: str) -> None:
     assert result.returncode == 2
     assert "JWT_SECRET is 5 bytes" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_env_example_documents_every_setting() -> None:
+    documented = (REPO / ".env.example").read_text()
+
+    missing = [
+        spec.metadata["env"]
+        for spec in fields(Settings)
+        if f"{spec.metadata['env']}=" not in documented
+    ]
+
+    assert missing == []
