@@ -40,7 +40,14 @@ def gateway(
     base_env: dict[str, str],
     fake: FakeOpenAI,
 ) -> Iterator[OwnStack]:
-    env = {**base_env, "OPENAI_BASE_URL": fake.base_url, "RATE_LIMIT_ENABLED": "0"}
+    # A small Redis pool fills up during the warm-up, so its connections (kept for
+    # reuse, not leaked) cannot blur the descriptor count.
+    env = {
+        **base_env,
+        "OPENAI_BASE_URL": fake.base_url,
+        "RATE_LIMIT_ENABLED": "0",
+        "REDIS_MAX_CONNECTIONS": "4",
+    }
     with own_stack(tmp_path_factory.mktemp("disconnects"), env) as stack:
         yield stack
 
