@@ -55,7 +55,9 @@ class Gateway:
         )
         authenticator = CallerAuthenticator(settings, TokenVerifier(settings))
         forwarder = Forwarder(settings, self.upstream, self.registry)
-        catalog = ModelCatalog(self.registry, self.upstream, forwarder.openai)
+        catalog = ModelCatalog(
+            self.registry, self.upstream, forwarder.openai, settings.model_allowlist
+        )
         ledger = UsageLedger(self.redis, health=self.health)
         cost = CostControl(settings, self.registry, ledger)
         self.api = ApiHandler(

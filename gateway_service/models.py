@@ -5,6 +5,7 @@ OpenAI's list format, fetched from each provider and cached for a minute.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import time
 from datetime import datetime
@@ -28,9 +29,14 @@ class ModelCatalog:
     """Lists the models a subscriber may use; a failing provider is left out."""
 
     def __init__(
-        self, registry: ProviderRegistry, upstream: UpstreamClient, openai: Provider
+        self,
+        registry: ProviderRegistry,
+        upstream: UpstreamClient,
+        openai: Provider,
+        allowlist: tuple[str, ...] = (),
     ) -> None:
         self._registry = registry
+        self._allowlist = allowlist
         self._upstream = upstream
         self._openai = openai
         self._cached: tuple[float, bytes] | None = None
@@ -49,9 +55,15 @@ class ModelCatalog:
     def routed_model(self, model_id: str) -> dict[str, Any] | None:
         """The model object for a model another provider serves, else None."""
         routed = self._registry.route(model_id)
-        if routed is None:
+        if routed is None or not self._allowed(model_id):
             return None
         return _model_object(model_id, 0, routed[0].name)
+
+    def _allowed(self, model_id: str) -> bool:
+        """Whether MODEL_ALLOWLIST (empty: every model) lets subscribers use it."""
+        if not self._allowlist:
+            return True
+        return any(fnmatch.fnmatchcase(model_id, glob) for glob in self._allowlist)
 
     async def _listing(self) -> bytes:
         async with self._lock:
@@ -75,7 +87,7 @@ class ModelCatalog:
             route = self._registry.route(name)
             if route is not None and route[0].available:
                 seen.setdefault(name, _model_object(name, 0, route[0].name))
-        return list(seen.values())
+        return [model for model in seen.values() if self._allowed(model["id"])]
 
     async def _provider_models(self, provider: Provider) -> list[dict[str, Any]]:
         if not provider.available:

@@ -389,6 +389,16 @@ def test_cost_model_outside_allowlist_answers_403(cost: Stack) -> None:
     assert not cost.openai.requests
 
 
+def test_cost_models_list_shows_only_allowed_models(cost: Stack) -> None:
+    headers = {"authorization": f"Bearer {cost.login()}"}
+
+    listed = httpx.get(cost.url + "/v1/models", headers=headers).json()["data"]
+    ids = {model["id"] for model in listed}
+
+    assert ids == {"gpt-4o-mini", "text-embedding-3-small", "claude-sonnet-4-6",
+                   "claude-haiku-4-5"}  # fmt: skip
+
+
 def test_cost_max_tokens_clamped_to_the_ceiling(cost: Stack) -> None:
     token = cost.login()
     messages = [{"role": "user", "content": "x"}]
