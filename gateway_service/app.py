@@ -59,9 +59,9 @@ class Gateway:
             self.registry, self.upstream, forwarder.openai, settings.model_allowlist
         )
         ledger = UsageLedger(self.redis, health=self.health)
-        cost = CostControl(settings, self.registry, ledger)
+        self.cost = CostControl(settings, self.registry, ledger)
         self.api = ApiHandler(
-            settings, authenticator, limiter, forwarder, catalog, cost
+            settings, authenticator, limiter, forwarder, catalog, self.cost
         )
         self.auth_proxy = AuthProxy(settings, self.upstream)
 
@@ -94,6 +94,7 @@ class Gateway:
                 _log_features(self.settings, self.registry)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.cost.close()
                 await self.upstream.close()
                 await self.redis.aclose()
                 await send({"type": "lifespan.shutdown.complete"})

@@ -23,7 +23,13 @@ from shared.asgi import JSON_HEADERS, Send, send_answer
 from shared.errors import InvalidRequest, MaxTokensTooLarge, ModelNotAllowed
 from shared.limits import Decision
 from shared.settings import Settings
-from shared.usage import NO_BUDGET, Budget, Reservation, UsageLedger
+from shared.usage import (
+    NO_BUDGET,
+    Budget,
+    Reservation,
+    SettlementBatcher,
+    UsageLedger,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +96,7 @@ class CostControl:
         self._refuse = settings.max_tokens_policy == "refuse"
         self._registry = registry
         self._ledger = ledger
+        self._batcher = SettlementBatcher(ledger)
         self._pending: set[asyncio.Task[None]] = set()
         if not self.accounting and (self._global.enabled or self._products):
             logger.warning("Token budgets are off: TOKEN_ACCOUNTING=0")
@@ -205,7 +212,15 @@ class CostControl:
             await self._ledger.release(caller.user_id, hold)
             return
         input_tokens, output_tokens = meter.tokens()
+        if hold is None:
+            # Nothing waits on this charge: it goes out with others, later.
+            self._batcher.add(caller.user_id, input_tokens, output_tokens)
+            return
         await self._ledger.settle(caller.user_id, hold, input_tokens, output_tokens)
+
+    async def close(self) -> None:
+        """Write the charges still waiting (at shutdown)."""
+        await self._batcher.close()
 
     async def release(self, caller: Caller, decision: Decision) -> None:
         """Drop a reservation of a request that never reached a provider."""
@@ -214,6 +229,7 @@ class CostControl:
     # -- GET /v1/usage ---------------------------------------------------------------
 
     async def answer_usage(self, caller: Caller, send: Send) -> None:
+        await self._batcher.flush(caller.user_id)
         report = await self._ledger.report(caller.user_id)
         body = report.as_json(self.budget(caller))
         body["product_id"] = caller.product_id

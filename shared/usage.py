@@ -18,9 +18,10 @@ Reservations expire after `HOLD_TTL_SECONDS`, so a crashed gateway leaks nothing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared.errors import Unavailable
@@ -149,12 +150,13 @@ return reserve(KEYS[1], KEYS[2], KEYS[3], now_ms, tonumber(ARGV[1]),
 """
 )
 
-# KEYS: day, month, holds. ARGV: hold id ('' for none), input, output, charge (1/0).
+# KEYS: day, month, holds. ARGV: input, output, requests (0: charge nothing), then
+# the hold ids to drop. One call may settle many requests of one user.
 _SETTLE_SCRIPT = (
     LEDGER_LUA
     + """
-if ARGV[1] ~= '' then redis.call('HDEL', KEYS[3], ARGV[1]) end
-if ARGV[4] ~= '1' then return 0 end
+if #ARGV > 3 then redis.call('HDEL', KEYS[3], unpack(ARGV, 4)) end
+if tonumber(ARGV[3]) == 0 then return 0 end
 local now = tonumber(redis.call('TIME')[1])
 local day_p, month_p, day_reset, month_reset = periods(now)
 local function add(key, period, expires)
@@ -162,9 +164,9 @@ local function add(key, period, expires)
     redis.call('DEL', key)
     redis.call('HSET', key, 'period', period)
   end
-  redis.call('HINCRBY', key, 'input', ARGV[2])
-  redis.call('HINCRBY', key, 'output', ARGV[3])
-  redis.call('HINCRBY', key, 'requests', 1)
+  redis.call('HINCRBY', key, 'input', ARGV[1])
+  redis.call('HINCRBY', key, 'output', ARGV[2])
+  redis.call('HINCRBY', key, 'requests', ARGV[3])
   redis.call('EXPIREAT', key, expires)
 end
 add(KEYS[1], day_p, day_reset + 86400)
@@ -244,6 +246,16 @@ class Reservation:
 
 
 NO_RESERVATION_ARGS: list[str | int] = [0, 0, 0, "", HOLD_TTL_SECONDS * 1000, 1]
+
+
+@dataclass
+class Charge:
+    """Tokens to charge one user for some requests, and the holds they release."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    requests: int = 0
+    holds: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -360,13 +372,14 @@ class UsageLedger:
         self, user: str, hold: str | None, input_tokens: int, output_tokens: int
     ) -> bool:
         """Drop the reservation and charge what was used; False when Redis failed."""
-        return await self._run_settle(user, hold, input_tokens, output_tokens, True)
+        charge = Charge(input_tokens, output_tokens, 1, [hold] if hold else [])
+        return await self.settle_many(user, charge)
 
     async def release(self, user: str, hold: str | None) -> bool:
         """Drop the reservation, charging nothing (the request was not served)."""
         if not hold:
             return True
-        return await self._run_settle(user, hold, 0, 0, False)
+        return await self.settle_many(user, Charge(holds=[hold]))
 
     async def report(self, user: str) -> UsageReport:
         """This user's usage now; Unavailable when Redis fails."""
@@ -380,10 +393,10 @@ class UsageLedger:
         self._health.record_success()
         return _report(user, reply)
 
-    async def _run_settle(
-        self, user: str, hold: str | None, inp: int, out: int, charge: bool
-    ) -> bool:
-        args: list[str | int] = [hold or "", max(0, inp), max(0, out), int(charge)]
+    async def settle_many(self, user: str, charge: Charge) -> bool:
+        """Charge one user's requests and drop their holds in one call."""
+        inp, out = max(0, charge.input_tokens), max(0, charge.output_tokens)
+        args: list[str | int] = [inp, out, charge.requests, *charge.holds]
         try:
             async with asyncio.timeout(OPERATION_TIMEOUT_SECONDS):
                 await ready(self._redis)
@@ -409,3 +422,55 @@ def reset_usage(client: SyncRedis, user: str, *, day: bool, month: bool) -> int:
     keys = usage_keys(user)
     chosen = [keys[kind] for kind, wanted in (("day", day), ("month", month)) if wanted]
     return int(client.delete(*chosen)) if chosen else 0
+
+
+class SettlementBatcher:
+    """Charges for requests without a reservation, written together.
+
+    Accounting without budgets needs no answer from Redis, so charges wait up to
+    `interval` seconds and each user's are summed into one call: under load a request
+    costs its one admission round trip and a small share of a settlement.
+    """
+
+    def __init__(self, ledger: UsageLedger, *, interval: float = 0.1) -> None:
+        self._ledger = ledger
+        self._interval = interval
+        self._pending: dict[str, Charge] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, user: str, input_tokens: int, output_tokens: int) -> None:
+        charge = self._pending.setdefault(user, Charge())
+        charge.input_tokens += input_tokens
+        charge.output_tokens += output_tokens
+        charge.requests += 1
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._wake.set()
+
+    async def flush(self, user: str | None = None) -> None:
+        """Write what is pending now: everyone's, or one user's."""
+        if user is None:
+            batch, self._pending = self._pending, {}
+        else:
+            charge = self._pending.pop(user, None)
+            batch = {user: charge} if charge else {}
+        calls = (self._ledger.settle_many(u, c) for u, c in batch.items())
+        await asyncio.gather(*calls)
+
+    async def close(self) -> None:
+        """Stop the background writer and write what is left (at shutdown)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(self._interval)
+            # Shielded: a shutdown that cancels this task must not lose a batch.
+            await asyncio.shield(self.flush())

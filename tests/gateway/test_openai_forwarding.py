@@ -199,3 +199,20 @@ def test_provider_without_key_answers_503_naming_it(
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "provider_unavailable"
     assert "openai" in response.json()["error"]["message"]
+
+
+def test_usage_without_budgets_is_counted_and_shown_at_once(stack: Stack) -> None:
+    token = stack.login()
+    client = stack.client(token)
+    for _ in range(3):
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}]
+        )
+
+    usage = httpx.get(
+        stack.url + "/v1/usage", headers={"authorization": f"Bearer {token}"}
+    ).json()
+
+    assert usage["day"]["requests"] == 3
+    assert (usage["day"]["input_tokens"], usage["day"]["output_tokens"]) == (36, 15)
+    assert usage["day"]["budget"] is None

@@ -14,7 +14,9 @@ from shared.redis import AsyncRedis, create_sync_redis
 from shared.usage import (
     LEDGER_LUA,
     Budget,
+    Charge,
     Reservation,
+    SettlementBatcher,
     UsageLedger,
     read_usage,
     reset_usage,
@@ -244,3 +246,66 @@ async def test_usage_sync_read_and_reset(
         assert read_usage(client, USER).month.total_tokens == 0
     finally:
         client.close()
+
+
+async def _report_after_flush(batcher: SettlementBatcher, ledger: UsageLedger) -> int:
+    await batcher.flush()
+    return (await ledger.report(USER)).day.requests
+
+
+async def test_usage_batcher_sums_many_requests_into_one_call(
+    redis_client: AsyncRedis,
+) -> None:
+    ledger = UsageLedger(redis_client)
+    batcher = SettlementBatcher(ledger, interval=60)
+    calls = 0
+    settle_many = ledger.settle_many
+
+    async def counted(user: str, charge: Charge) -> bool:
+        nonlocal calls
+        calls += 1
+        return await settle_many(user, charge)
+
+    ledger.settle_many = counted  # type: ignore[method-assign]
+    for _ in range(50):
+        batcher.add(USER, 3, 2)
+
+    assert await _report_after_flush(batcher, ledger) == 50
+    report = await ledger.report(USER)
+    assert (report.day.input_tokens, report.day.output_tokens) == (150, 100)
+    assert calls == 1
+    await batcher.close()
+
+
+async def test_usage_batcher_writes_by_itself_and_on_close(
+    redis_client: AsyncRedis,
+) -> None:
+    ledger = UsageLedger(redis_client)
+    batcher = SettlementBatcher(ledger, interval=0.05)
+
+    batcher.add(USER, 1, 1)
+    deadline = asyncio.get_running_loop().time() + 5
+    while (await ledger.report(USER)).day.requests < 1:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    late = SettlementBatcher(ledger, interval=60)
+    late.add(USER, 1, 1)
+    await late.close()
+
+    assert (await ledger.report(USER)).day.requests == 2
+    await batcher.close()
+
+
+async def test_usage_settle_many_drops_every_hold(redis_client: AsyncRedis) -> None:
+    ledger = UsageLedger(redis_client)
+    budget = Budget(daily=10_000)
+    holds = []
+    for _ in range(3):
+        decision = await ledger.reserve(USER, Reservation.new(100, budget))
+        holds.append(decision.hold or "")
+
+    await ledger.settle_many(USER, Charge(10, 5, 3, holds))
+
+    report = await ledger.report(USER)
+    assert report.reserved == 0
+    assert report.day.requests == 3 and report.day.total_tokens == 15
