@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -327,7 +327,7 @@ class RateLimiter:
         keys = list(user_keys(user).values()) + list(usage_keys(user).values())
         args: list[str | int] = [
             otid,
-            uuid.uuid4().hex[:12],
+            os.urandom(6).hex(),
             limits.minute,
             limits.hour,
             limits.permanent_block,
@@ -419,7 +419,7 @@ class LoginLimiter:
         try:
             await ready(self._redis)
             retry_after = await self._script(
-                keys=[key], args=[self._limit, uuid.uuid4().hex[:12]]
+                keys=[key], args=[self._limit, os.urandom(6).hex()]
             )
         except REDIS_ERRORS as exc:
             self._health.record_failure(exc)

@@ -24,6 +24,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis.asyncio
+
 from shared.errors import Unavailable
 from shared.redis import (
     OPERATION_TIMEOUT_SECONDS,
@@ -393,10 +395,31 @@ class UsageLedger:
         self._health.record_success()
         return _report(user, reply)
 
+    async def settle_batch(self, batch: dict[str, Charge]) -> None:
+        """Settle many users' charges: in one pipelined round trip on a single Redis,
+        one call per user on a Cluster (whose users live in different slots)."""
+        if len(batch) < 2 or isinstance(self._redis, redis.asyncio.RedisCluster):
+            await asyncio.gather(*(self.settle_many(u, c) for u, c in batch.items()))
+            return
+        try:
+            async with asyncio.timeout(OPERATION_TIMEOUT_SECONDS):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for user, charge in batch.items():
+                        keys = list(usage_keys(user).values())
+                        await self._settle(
+                            keys=keys, args=_settle_args(charge), client=pipe
+                        )
+                    await pipe.execute()
+        except REDIS_ERRORS as exc:
+            self._health.record_failure(exc)
+            logger.warning("Could not record the token usage of %d users", len(batch))
+            return
+        self._health.record_success()
+
     async def settle_many(self, user: str, charge: Charge) -> bool:
         """Charge one user's requests and drop their holds in one call."""
-        inp, out = max(0, charge.input_tokens), max(0, charge.output_tokens)
-        args: list[str | int] = [inp, out, charge.requests, *charge.holds]
+        args = _settle_args(charge)
+        inp, out = args[0], args[1]
         try:
             async with asyncio.timeout(OPERATION_TIMEOUT_SECONDS):
                 await ready(self._redis)
@@ -409,6 +432,12 @@ class UsageLedger:
             return False
         self._health.record_success()
         return True
+
+
+def _settle_args(charge: Charge) -> list[str | int]:
+    """ARGV of the settle script."""
+    inp, out = max(0, charge.input_tokens), max(0, charge.output_tokens)
+    return [inp, out, charge.requests, *charge.holds]
 
 
 def read_usage(client: SyncRedis, user: str) -> UsageReport:
@@ -455,8 +484,8 @@ class SettlementBatcher:
         else:
             charge = self._pending.pop(user, None)
             batch = {user: charge} if charge else {}
-        calls = (self._ledger.settle_many(u, c) for u, c in batch.items())
-        await asyncio.gather(*calls)
+        if batch:
+            await self._ledger.settle_batch(batch)
 
     async def close(self) -> None:
         """Stop the background writer and write what is left (at shutdown)."""

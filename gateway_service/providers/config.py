@@ -98,6 +98,9 @@ class Route:
         return model == self.pattern
 
 
+_ROUTE_CACHE_SIZE = 4096
+
+
 @dataclass(frozen=True)
 class ProviderRegistry:
     """Every configured provider, its routes and per-model data."""
@@ -106,13 +109,26 @@ class ProviderRegistry:
     routes: tuple[Route, ...]
     models: tuple[tuple[str, ModelConfig], ...] = ()
     default_model: ModelConfig = ModelConfig()
+    _route_cache: dict[str, tuple[Provider, ModelConfig] | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def route(self, model: str) -> tuple[Provider, ModelConfig] | None:
         """The provider for this model and its settings, or None (send to OpenAI).
 
         An exact route wins over a glob; globs are tried in file order, the
-        PROVIDERS_FILE's before the built-in `claude-*`.
+        PROVIDERS_FILE's before the built-in `claude-*`. Answers are remembered per
+        model name (a bounded cache: routing runs several times per request).
         """
+        cache: dict[str, tuple[Provider, ModelConfig] | None] = self._route_cache
+        if model in cache:
+            return cache[model]
+        if len(cache) >= _ROUTE_CACHE_SIZE:
+            cache.clear()
+        cache[model] = answer = self._find_route(model)
+        return answer
+
+    def _find_route(self, model: str) -> tuple[Provider, ModelConfig] | None:
         exact = [r for r in self.routes if not r.is_glob and r.matches(model)]
         globs = [r for r in self.routes if r.is_glob and r.matches(model)]
         for route in exact + globs:

@@ -309,3 +309,20 @@ async def test_usage_settle_many_drops_every_hold(redis_client: AsyncRedis) -> N
     report = await ledger.report(USER)
     assert report.reserved == 0
     assert report.day.requests == 3 and report.day.total_tokens == 15
+
+
+async def test_usage_batch_of_many_users_is_charged_exactly(
+    redis_client: AsyncRedis,
+) -> None:
+    ledger = UsageLedger(redis_client)
+    batcher = SettlementBatcher(ledger, interval=60)
+    users = [f"acct:user-{i}" for i in range(20)]
+    for i, user in enumerate(users):
+        batcher.add(user, i, 1)
+        batcher.add(user, i, 1)
+
+    await batcher.close()
+
+    for i, user in enumerate(users):
+        day = (await ledger.report(user)).day
+        assert (day.input_tokens, day.output_tokens, day.requests) == (2 * i, 2, 2)
