@@ -60,8 +60,9 @@ def test_nginx_compose_config_passes_nginx_t(tmp_path: Path) -> None:
     nginx = find_nginx()
     assert nginx is not None
     text = COMPOSE_CONF.read_text()
-    text = text.replace("/etc/nginx/subgate-proxy.conf", str(PROXY_CONF))
+    # Temp paths first: the repository itself may live under /tmp.
     text = text.replace("/tmp/", f"{tmp_path}/")
+    text = text.replace("/etc/nginx/subgate-proxy.conf", str(PROXY_CONF))
     text = text.replace("gateway:8080", "127.0.0.1:18081")
     if nginx_version(nginx) < (1, 27, 3):
         text = text.replace(" resolve ", " ")
