@@ -100,7 +100,11 @@ class AuthService:
             metrics.LOGINS.labels("rate_limited").inc()
             raise LoginRateLimited(retry_after)
 
-        text = decode_body(await read_body(receive, MAX_LOGIN_BODY))
+        text = decode_body(
+            await read_body(
+                receive, MAX_LOGIN_BODY, self.settings.client_body_timeout_seconds
+            )
+        )
         try:
             purchase = await self._purchase(text)
         except SubscriptionRequired:
@@ -133,7 +137,9 @@ class AuthService:
     async def notification(self, scope: Scope, receive: Receive, send: Send) -> None:
         """An App Store Server Notification V2 (not limited by LOGIN_RATE_LIMIT)."""
         request_info(scope).route = "/appstore/notifications"
-        raw = await read_body(receive, MAX_NOTIFICATION_BODY)
+        raw = await read_body(
+            receive, MAX_NOTIFICATION_BODY, self.settings.client_body_timeout_seconds
+        )
         outcome = await self.notifications.receive(raw)
         await send_answer(send, 200, orjson.dumps({"status": outcome}))
 

@@ -7,9 +7,12 @@ from gateway_service.upstream import (
     forwardable_request_headers,
     relayable_response_headers,
 )
-from shared.asgi import Receive, Scope, Send, header, read_body, request_info
-from shared.errors import SubgateError, Unavailable
+from shared.asgi import Receive, Scope, Send, client_address, read_body, request_info
+from shared.errors import NotFound, SubgateError, Unavailable
 from shared.settings import Settings
+
+# The auth service's public routes; nothing else under /appstore is forwarded.
+AUTH_PATHS = frozenset({"/appstore", "/appstore/notifications"})
 
 
 class AuthProxy:
@@ -19,13 +22,18 @@ class AuthProxy:
         self._base = settings.auth_url
         self._upstream = upstream
         self._max_body = settings.max_body_bytes
+        self._trusted = settings.trusted_proxies
+        self._idle = settings.client_body_timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         info = request_info(scope)
         info.route = "/appstore"
-        body = await read_body(receive, self._max_body)
+        if scope["path"] not in AUTH_PATHS or b"%" in (scope.get("raw_path") or b""):
+            raise NotFound()
+        body = await read_body(receive, self._max_body, self._idle)
         headers = forwardable_request_headers(scope["headers"])
-        headers["X-Forwarded-For"] = _forwarded_for(scope)
+        # Auth sees one address: the client's, as this gateway worked it out.
+        headers["X-Forwarded-For"] = client_address(scope, self._trusted)
         headers["X-Request-ID"] = info.request_id
         query = scope.get("query_string") or b""
         url = (
@@ -50,11 +58,3 @@ class AuthProxy:
             await send({"type": "http.response.body", "body": payload})
         finally:
             response.release()
-
-
-def _forwarded_for(scope: Scope) -> str:
-    """The client's X-Forwarded-For chain with the address we saw appended."""
-    peer = scope.get("client")
-    address = peer[0] if peer else "unknown"
-    earlier = header(scope, b"x-forwarded-for")
-    return f"{earlier}, {address}" if earlier else address

@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 from shared.asgi import Scope, header
-from shared.errors import SessionExpired
+from shared.errors import SessionExpired, SubscriptionRequired
 from shared.identity import key_user
 from shared.limits import Limits
 from shared.settings import Secret, Settings
 from shared.tokens import TokenVerifier
 
 KeyProvider = Literal["openai", "anthropic"]
+UNSIGNED_ENVIRONMENTS = frozenset({"Xcode", "LocalTesting"})
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class CallerAuthenticator:
     def __init__(self, settings: Settings, verifier: TokenVerifier) -> None:
         self._verifier = verifier
         self._passthrough = settings.allow_key_passthrough
+        self._unsigned_ok = settings.appstore_environment in UNSIGNED_ENVIRONMENTS
         self._user_limits = Limits.for_users(settings)
         self._anon_limits = Limits.for_anon(settings)
 
@@ -47,6 +49,10 @@ class CallerAuthenticator:
         if self._passthrough and credential.startswith("sk-"):
             return self._passthrough_caller(credential)
         session = self._verifier.verify(credential)
+        if session.environment in UNSIGNED_ENVIRONMENTS and not self._unsigned_ok:
+            # Minted by an instance that accepts unsigned StoreKit-testing data: it
+            # proves no purchase to one that checks Apple's signatures.
+            raise SubscriptionRequired("This session comes from a test environment.")
         return Caller(
             user_id=session.user_id,
             original_transaction_id=session.original_transaction_id,

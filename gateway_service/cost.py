@@ -131,7 +131,8 @@ class CostControl:
         max_tokens = 0
         if payload is not None and caller.own_key is None:
             self._check_model(payload)
-            max_tokens = self._cap_output(path, payload)
+            # Each of `n` choices may be as long as the capped answer length.
+            max_tokens = self._cap_output(path, payload) * _choices(payload)
         if not self.accounting or path not in METERED_PATHS:
             return None
         ticket = Ticket(path, max_tokens, len(body))
@@ -234,6 +235,13 @@ class CostControl:
         body = report.as_json(self.budget(caller))
         body["product_id"] = caller.product_id
         await send_answer(send, 200, orjson.dumps(body), JSON_HEADERS)
+
+
+def _choices(payload: dict[str, Any]) -> int:
+    """How many answers one request asks for (`n`, or `best_of` on completions)."""
+    counts = [payload.get("n"), payload.get("best_of")]
+    valid = [c for c in counts if isinstance(c, int) and not isinstance(c, bool)]
+    return max([1, *valid])
 
 
 def _smallest(*limits: int | None) -> int | None:

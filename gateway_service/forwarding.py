@@ -206,7 +206,8 @@ class Forwarder:
             return caller.own_key
         if not provider.available:
             raise ProviderUnavailable(
-                f"The {provider.name} provider is not configured on this server."
+                f"The {provider.name} provider is not configured on this server "
+                f"({provider.api_key_env} is not set)."
             )
         return provider.api_key
 

@@ -28,6 +28,7 @@ from shared.asgi import (
 from shared.errors import (
     EndpointNotAllowed,
     InvalidRequest,
+    ProviderUnavailable,
     RequestTooLarge,
     UpstreamUnreachable,
 )
@@ -56,6 +57,7 @@ class ApiHandler:
         self._catalog = catalog
         self._cost = cost
         self._max_body = settings.max_body_bytes
+        self._idle = settings.client_body_timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         info = request_info(scope)
@@ -77,7 +79,7 @@ class ApiHandler:
         if self._cost.reserves_first(method, path, caller):
             # The reservation needs the body (model, max_tokens), so it is read first
             # and the budget checked in the limiter's one script.
-            body = await read_body(receive, self._max_body)
+            body = await read_body(receive, self._max_body, self._idle)
             payload = _json_body(scope, body)
             ticket = self._cost.prepare(caller, method, path, payload, body)
             decision = await self._admit(caller, ticket)
@@ -87,7 +89,7 @@ class ApiHandler:
             headers = _limit_headers(decision)
             if local and await self._answer_models(path, send, headers):
                 return
-            body = await read_body(receive, self._max_body)
+            body = await read_body(receive, self._max_body, self._idle)
             payload = _json_body(scope, body)
             ticket = self._cost.prepare(caller, method, path, payload, body)
 
@@ -111,17 +113,18 @@ class ApiHandler:
         request: tuple[bytes, dict[str, Any] | None],
     ) -> None:
         info = request_info(scope)
-        outbound = self._forwarder.plan(scope, request[0], caller, request[1])
-        info.provider, info.model = outbound.provider, outbound.model
-        if ticket is not None:
-            translated = outbound.mode == "translated" or outbound.shape == "anthropic"
-            outbound.meter = ticket.new_meter("anthropic" if translated else "openai")
         headers = _limit_headers(decision) + budget_headers(decision)
         try:
+            outbound = self._forwarder.plan(scope, request[0], caller, request[1])
+            info.provider, info.model = outbound.provider, outbound.model
+            if ticket is not None:
+                _attach_meter(outbound, ticket)
             await until_disconnect(
                 self._forwarder.deliver(outbound, send, headers, info), receive
             )
-        except UpstreamUnreachable:
+        except (UpstreamUnreachable, ProviderUnavailable):
+            # Not delivered, or refused because of the operator's setup: the user
+            # is not charged a request for it.
             await self._limiter.give_back(caller.user_id, decision)
             raise
 
@@ -161,9 +164,12 @@ class ApiHandler:
 
 
 def _json_body(scope: Scope, body: bytes) -> dict[str, Any] | None:
-    """The parsed body of a JSON request, None for other content types."""
+    """The parsed body of a request: None for multipart uploads and empty bodies;
+    anything else must be a JSON object, whatever its Content-Type says, so no body
+    reaches a provider without the caps, budgets and user hash applied to it."""
     content_type = header(scope, b"content-type") or ""
-    if not body or not content_type.startswith("application/json"):
+    media_type = content_type.partition(";")[0].strip().lower()
+    if not body or media_type == "multipart/form-data":
         return None
     try:
         parsed = orjson.loads(body)
@@ -172,6 +178,12 @@ def _json_body(scope: Scope, body: bytes) -> dict[str, Any] | None:
     if not isinstance(parsed, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     return parsed
+
+
+def _attach_meter(outbound: Outbound, ticket: Ticket) -> None:
+    """Read usage from the answer in the shape its provider sends it."""
+    anthropic = outbound.mode == "translated" or outbound.shape == "anthropic"
+    outbound.meter = ticket.new_meter("anthropic" if anthropic else "openai")
 
 
 def _log_tokens(info: RequestInfo, ticket: Ticket) -> None:

@@ -17,7 +17,7 @@ from gateway_service.providers import anthropic
 from gateway_service.providers.config import ModelConfig, Provider
 from gateway_service.relay import is_event_stream, relay_body
 from shared.asgi import JSON_HEADERS, RequestInfo, Send
-from shared.errors import SubgateError, UpstreamUnreachable
+from shared.errors import InvalidRequest, SubgateError, UpstreamUnreachable
 from shared.identity import provider_user_hash
 from shared.settings import Secret
 
@@ -45,7 +45,14 @@ def plan_translated(
     from gateway_service.forwarding import Outbound
 
     user_hash = provider_user_hash(caller.user_id)
-    body = anthropic.translate_request(payload, user_hash=user_hash, model=model)
+    try:
+        body = anthropic.translate_request(payload, user_hash=user_hash, model=model)
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:
+        # A body of a shape the translator did not foresee is the client's error.
+        logger.warning("Untranslatable request: %s", type(exc).__name__)
+        raise InvalidRequest(
+            "The request does not fit the Chat Completions format."
+        ) from exc
     stream = bool(payload.get("stream"))
     options = payload.get("stream_options")
     include_usage = (

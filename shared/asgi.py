@@ -4,6 +4,7 @@ client addresses, and the per-request context that logs, counts and renders erro
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import time
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared import metrics
-from shared.errors import ErrorShape, RequestTooLarge, SubgateError
+from shared.errors import ErrorShape, RequestTimeout, RequestTooLarge, SubgateError
 from shared.logs import access_logger, request_id_var
 from shared.redis import RedisHealth
 
@@ -27,6 +28,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 logger = logging.getLogger(__name__)
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
+BODY_IDLE_SECONDS = 30.0
 _INTERNAL = SubgateError()
 
 
@@ -38,12 +40,20 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def read_body(receive: Receive, limit: int) -> bytes:
-    """The whole request body, or RequestTooLarge once it passes `limit` bytes."""
+async def read_body(
+    receive: Receive, limit: int, idle_seconds: float = BODY_IDLE_SECONDS
+) -> bytes:
+    """The whole request body, or RequestTooLarge once it passes `limit` bytes, or
+    RequestTimeout when no part of it arrives for `idle_seconds` (a slow client must
+    not hold a connection for ever; nginx in front guards header reads)."""
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        try:
+            async with asyncio.timeout(idle_seconds):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeout() from None
         if message["type"] == "http.disconnect":
             raise ClientDisconnected()
         chunk = message.get("body", b"")
@@ -105,10 +115,20 @@ def client_address(scope: Scope, trusted: tuple[Network, ...]) -> str:
     if not forwarded or not _is_trusted(address, trusted):
         return address
     for hop in reversed([item.strip() for item in forwarded.split(",")]):
+        if not _is_address(hop):
+            break  # not an address a proxy would write: trust nothing further
         address = hop
         if not _is_trusted(hop, trusted):
             break
     return address
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:

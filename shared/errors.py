@@ -121,6 +121,13 @@ class SessionExpired(SubgateError):
     default_headers = {"Proxy-Authenticate": 'Bearer realm="subgate"'}
 
 
+class RequestTimeout(SubgateError):
+    """The client stopped sending its request body."""
+
+    status, code, type = 408, "request_timeout", "invalid_request_error"
+    message = "The request body stopped arriving; send it again."
+
+
 class RequestTooLarge(SubgateError):
     """The body is over MAX_BODY_BYTES."""
 
@@ -181,6 +188,8 @@ class ProviderUnavailable(SubgateError):
 
     status, code, type = 503, "provider_unavailable", "api_error"
     message = "The provider is not available."
+    # A retry cannot help until the operator fixes the key or its configuration.
+    default_headers = {"x-should-retry": "false"}
 
 
 class Unavailable(SubgateError):

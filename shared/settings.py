@@ -325,6 +325,9 @@ class Settings:
         _setting("TRUSTED_PROXIES", DEFAULT_TRUSTED_PROXIES, _networks)
     )
     max_body_bytes: int = _setting("MAX_BODY_BYTES", "26214400", _int)
+    client_body_timeout_seconds: float = _setting(
+        "CLIENT_BODY_TIMEOUT_SECONDS", "30", _float
+    )
     shutdown_timeout_seconds: float = _setting("SHUTDOWN_TIMEOUT_SECONDS", "30", _float)
 
     log_level: str = _setting("LOG_LEVEL", "info", _str, "logLevel")

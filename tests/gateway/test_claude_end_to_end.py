@@ -283,3 +283,23 @@ def test_raw_stream_bytes_are_not_buffered(stack: Stack) -> None:
 
     assert '"role":"assistant"' in first
     assert rest.endswith("data: [DONE]\n\n")
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"reasoning_effort": []}, {"reasoning_effort": {}}, {"functions": 5}],
+    ids=["effort list", "effort object", "functions number"],
+)
+def test_odd_shapes_answer_400_not_500(stack: Stack, extra: dict[str, object]) -> None:
+    token = stack.login()
+    body = {"model": "claude-opus-4-7", "messages": [{"role": "user", "content": "x"}]}
+
+    response = httpx.post(
+        stack.url + "/v1/chat/completions",
+        json={**body, **extra},
+        headers={"authorization": f"Bearer {token}"},
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_request"
+    assert "Traceback" not in stack.gateway.logs()

@@ -510,3 +510,57 @@ def _admin(stack: Stack, *args: str) -> dict[str, Any]:
     )
     result: dict[str, Any] = json.loads(done.stdout)
     return result
+
+
+# ------------------------------------------------- bodies that dodge the JSON check
+
+
+@pytest.mark.parametrize("content_type", ["Application/JSON", "text/plain", ""])
+def test_cost_caps_hold_whatever_the_content_type_says(
+    cost: Stack, content_type: str
+) -> None:
+    token = cost.login()
+    body = {"model": "o1-pro", "max_tokens": 100_000, "messages": []}
+    headers = {"authorization": f"Bearer {token}", "content-type": content_type}
+
+    refused = httpx.post(
+        cost.url + "/v1/chat/completions", content=orjson.dumps(body), headers=headers
+    )
+
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "model_not_allowed"
+    assert cost.openai.requests == []
+
+
+def test_cost_body_that_is_not_json_answers_400(cost: Stack) -> None:
+    headers = {"authorization": f"Bearer {cost.login()}", "content-type": "text/plain"}
+
+    refused = httpx.post(
+        cost.url + "/v1/chat/completions", content=b"model=gpt-4o-mini", headers=headers
+    )
+
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "invalid_request"
+    assert cost.openai.requests == []
+
+
+def test_cost_reservation_counts_every_choice(cost: Stack) -> None:
+    token = cost.login()
+    messages = [{"role": "user", "content": "x"}]
+
+    def reserved(n: int) -> int:
+        body = {"model": "gpt-4o-mini", "messages": messages, "max_tokens": 100, "n": n}
+        answer = _post(cost, token, "/v1/chat/completions", body)
+        assert answer.status_code == 200
+        left = int(answer.headers["x-ratelimit-remaining-tokens-day"])
+        _charged(cost, token, requests=len(cost.openai.requests))
+        return left
+
+    one = reserved(1)
+    spent = _usage(cost, token)["day"]["total_tokens"]
+    four = reserved(4)
+
+    # Four choices hold three more answers of 100 tokens than one does (the bodies
+    # are the same size; what the first request spent meanwhile is taken out).
+    spent_since = _usage(cost, token)["day"]["total_tokens"] - spent
+    assert one - four - spent_since == 300

@@ -289,3 +289,18 @@ def test_limits_hold_on_a_redis_cluster(
     finally:
         for process in [*gateways, auth]:
             process.stop()
+
+
+def test_forwarded_for_that_is_no_address_does_not_dodge_the_login_limit(
+    fresh: Replicas,
+) -> None:
+    statuses = [
+        httpx.post(
+            fresh.gateways[0].url + "/appstore",
+            content=fresh.stack.sign(),
+            headers={"x-forwarded-for": f"not-an-address-{i}"},
+        ).status_code
+        for i in range(4)
+    ]
+
+    assert statuses == [200, 200, 200, 429]

@@ -10,6 +10,8 @@ import httpx
 import openai
 import pytest
 
+from shared.settings import load_settings
+from shared.tokens import TokenSigner
 from tests.conftest import SERVER_OPENAI_KEY, Stack
 from tests.support.fake_openai import error
 from tests.support.processes import start_auth, start_gateway
@@ -216,3 +218,56 @@ def test_usage_without_budgets_is_counted_and_shown_at_once(stack: Stack) -> Non
     assert usage["day"]["requests"] == 3
     assert (usage["day"]["input_tokens"], usage["day"]["output_tokens"]) == (36, 15)
     assert usage["day"]["budget"] is None
+
+
+def test_token_from_an_unsigned_test_environment_is_refused(
+    stack: Stack, base_env: dict[str, str]
+) -> None:
+    settings = load_settings(base_env, env_file=None)
+    token, _ = TokenSigner(settings).mint(
+        "txn:1", original_transaction_id="1", environment="Xcode", product_id="p"
+    )
+
+    response = httpx.get(
+        stack.url + "/v1/models", headers={"authorization": f"Bearer {token}"}
+    )
+
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "subscription_required"
+
+
+@pytest.mark.parametrize(
+    "path", ["/appstore/..%2fhealthz", "/appstore/%2e%2e/readyz", "/appstore/admin"]
+)
+def test_only_the_auth_services_public_routes_are_forwarded(
+    stack: Stack, path: str
+) -> None:
+    response = httpx.get(stack.url + path)
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+def test_unconfigured_provider_costs_the_user_nothing(
+    tmp_path: Path, base_env: dict[str, str], running_stack: Stack
+) -> None:
+    env = {**base_env, "OPENAI_API_KEY": "", "USER_MINUTE_RATE_LIMIT": "2"}
+    auth = start_auth(tmp_path, env)
+    gateway = start_gateway(tmp_path, env, auth.url)
+    try:
+        token = running_stack.login()
+        answers = [
+            httpx.post(
+                gateway.url + "/v1/embeddings",
+                json={"model": "text-embedding-3-small", "input": "x"},
+                headers={"authorization": f"Bearer {token}"},
+            )
+            for _ in range(5)
+        ]
+    finally:
+        gateway.stop()
+        auth.stop()
+
+    assert [a.status_code for a in answers] == [503] * 5
+    assert all(a.headers["x-should-retry"] == "false" for a in answers)
+    assert "OPENAI_API_KEY" in answers[0].json()["error"]["message"]

@@ -36,6 +36,7 @@ from tests.hostile.support import (
 from tests.support.cluster import NginxProcess
 
 BODY_CAP = 4096
+BODY_TIMEOUT = 1
 NGINX_TIMEOUT = 2
 
 
@@ -43,7 +44,11 @@ NGINX_TIMEOUT = 2
 def capped(
     tmp_path_factory: pytest.TempPathFactory, base_env: dict[str, str]
 ) -> Iterator[OwnStack]:
-    env = {**base_env, "MAX_BODY_BYTES": str(BODY_CAP)}
+    env = {
+        **base_env,
+        "MAX_BODY_BYTES": str(BODY_CAP),
+        "CLIENT_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
+    }
     with own_stack(tmp_path_factory.mktemp("capped"), env) as stack:
         yield stack
 
@@ -198,6 +203,23 @@ def test_nginx_drops_a_client_that_sends_the_body_slowly(
 
     assert closed, "nginx kept a slow upload"
     assert all(r.path != "/appstore" for r in stack.openai.requests)
+
+
+@pytest.mark.parametrize("path", ["/appstore", "/v1/chat/completions"])
+def test_gateway_answers_408_to_a_body_that_stops_arriving(
+    capped: OwnStack, capped_token: str, path: str
+) -> None:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {capped_token}\r\nContent-Length: 100\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", capped.gateway.port)) as sock:
+        sock.settimeout(BODY_TIMEOUT * 10)
+        sock.sendall(head + b'{"model":')
+        answer = sock.recv(65536)
+
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b'"code":"request_timeout"' in answer
 
 
 def test_gateway_keeps_serving_while_slow_clients_hang_on(stack: Stack) -> None:

@@ -525,8 +525,11 @@ def _legacy_id() -> str:
 
 def _tools(body: dict[str, Any]) -> dict[str, Any]:
     tools = body.get("tools")
-    if tools is None and body.get("functions") is not None:
-        tools = [{"type": "function", "function": f} for f in body["functions"]]
+    functions = body.get("functions")
+    if tools is None and functions is not None:
+        if not isinstance(functions, list):
+            raise InvalidRequest("functions must be a list.", param="functions")
+        tools = [{"type": "function", "function": f} for f in functions]
     choice = body.get("tool_choice", _legacy_choice(body.get("function_call")))
     if not tools:
         if choice not in (None, "none", "auto"):
@@ -639,7 +642,7 @@ def _apply_reasoning(out: dict[str, Any], effort: Any, model: ModelConfig) -> No
     """reasoning_effort -> extended thinking, where the model has it."""
     if effort in (None, "none", "minimal") or model.reasoning == "none":
         return
-    if effort not in _BUDGETS:
+    if not isinstance(effort, str) or effort not in _BUDGETS:
         raise InvalidRequest(
             "reasoning_effort must be none, minimal, low, medium, high, xhigh or max.",
             param="reasoning_effort",
