@@ -71,14 +71,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 
 certs:
-	@if [ -f scripts/fetch_apple_certs.sh ]; then \
-		sh scripts/fetch_apple_certs.sh; \
-	else \
-		echo "scripts/fetch_apple_certs.sh is not there yet. Download Apple's roots"; \
-		echo "(AppleRootCA-G3.cer at least) from https://www.apple.com/certificateauthority/"; \
-		echo "into certs/ by hand."; \
-		exit 1; \
-	fi
+	sh scripts/fetch_apple_certs.sh
 
 storekit-dev: $(STAMP)
 	@if [ -f $(STOREKIT_DIR)/root.cer ]; then \

@@ -13,6 +13,7 @@ import contextlib
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -370,7 +371,29 @@ def load(env_file: Path) -> Settings:
         raise SystemExit(2) from None
 
 
+def busy_ports(settings: Settings) -> list[str]:
+    """The service ports something else listens on already (an old stack, say)."""
+    wanted = [
+        ("GATEWAY_PORT", settings.gateway_host, settings.gateway_port),
+        ("AUTH_PORT", settings.auth_host, settings.auth_port),
+        ("GATEWAY_METRICS_PORT", settings.gateway_host, settings.gateway_metrics_port),
+        ("AUTH_METRICS_PORT", settings.auth_host, settings.auth_metrics_port),
+    ]
+    busy = []
+    for name, host, port in wanted:
+        with socket.socket() as probe:
+            probe.settimeout(0.5)
+            if port and probe.connect_ex((client_host(host), port)) == 0:
+                busy.append(f"{name} {port}")
+    return busy
+
+
 def run(stack: Stack, data_dir: Path, env: dict[str, str]) -> int:
+    busy = busy_ports(stack.settings)
+    if busy:
+        say("stack", f"in use already: {', '.join(busy)}; stop what listens there, "
+            "or choose other ports in .env")  # fmt: skip
+        return 1
     stack.redis = start_redis(stack, data_dir, env)
     for name in ("auth", "gateway"):
         if stack.stop_requested:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import stat
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from dotenv import dotenv_values
 
 from scripts import run_stack
 from shared.settings import Settings, load_settings
+from tests.support.redis_server import free_port
 
 SECRET = "s" * 40
 
@@ -137,3 +139,22 @@ def test_child_environment_leaves_an_auth_url_set_in_the_file_alone(
     env = run_stack.child_environment(env_file, load_settings({}, env_file=env_file))
 
     assert "AUTH_URL" not in env
+
+
+def test_busy_ports_names_a_port_another_process_listens_on() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        taken = listener.getsockname()[1]
+        free = free_port()
+
+        busy = run_stack.busy_ports(
+            settings(
+                GATEWAY_PORT=str(taken),
+                AUTH_PORT=str(free),
+                GATEWAY_METRICS_PORT="0",
+                AUTH_METRICS_PORT="0",
+            )
+        )
+
+    assert busy == [f"GATEWAY_PORT {taken}"]
