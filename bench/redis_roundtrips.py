@@ -66,6 +66,22 @@ async def _measure(limiter: RateLimiter, checks: int) -> list[float]:
     return timings
 
 
+async def limiter_latency(url: str, checks: int = 500) -> dict[str, float]:
+    """p50/p99 (ms) of one limiter check against the server at `url`, from a client
+    of its own (the gateway's own calls are measured the same way)."""
+    client = create_redis(url, cluster=False)
+    try:
+        limiter = RateLimiter(client, enabled=True)
+        await limiter.check("acct:warmup", limits=LIMITS, otid="1")
+        timings = await _measure(limiter, checks)
+    finally:
+        await client.aclose()
+    return {
+        "p50_ms": round(statistics.median(timings), 3),
+        "p99_ms": round(_percentile(timings, 0.99), 3),
+    }
+
+
 def _percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]

@@ -123,6 +123,16 @@ def extras(result: dict[str, Any]) -> str:
             f" ({trips['sent']} for {trips['requests']} requests); commands run in "
             f"Redis per request {inner}"
         )
+    limiter = redis.get("limiter")
+    if limiter:
+        requests = result.get("requests", {})
+        for suite in requests:
+            p50 = requests[suite]["gateway"]["c1"]["p50_ms"]
+            lines.append(
+                f"- {suite}: one limiter check p50 {limiter['p50_ms']} ms (p99 "
+                f"{limiter['p99_ms']} ms), {100 * limiter['p50_ms'] / p50:.0f} % of "
+                f"the gateway's p50 at c1 ({p50} ms)"
+            )
     for name, c in result.get("clients", {}).items():
         lines.append(
             f"- pass-through proxy with {name}: {_fmt(c['c50']['rps'], 0)} req/s at "

@@ -30,6 +30,7 @@ import redis
 from bench import loadgen, report
 from bench.loadgen import Target
 from bench.redis_count import round_trips, server_commands
+from bench.redis_roundtrips import limiter_latency
 from bench.stack import CLAUDE_STREAM_MODEL, STREAM_MODEL, Stack, raise_open_file_limit
 
 PROMPT = [{"role": "user", "content": "Say hello in French, in one short sentence."}]
@@ -285,6 +286,7 @@ def main() -> None:
             result["redis"] = {
                 "server_commands_per_request": commands,
                 "monitor": measure_round_trips(stack, tokens),
+                "limiter": asyncio.run(limiter_latency(stack.redis_url)),
             }
             print("Streams (200 events; paced: 2 ms apart):", flush=True)
             result["streams"] = measure_streams(stack, tokens)
