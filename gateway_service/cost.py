@@ -200,24 +200,27 @@ class CostControl:
     async def settle(self, caller: Caller, ticket: Ticket, decision: Decision) -> None:
         """Charge what the answer used, or release the hold when nothing was served.
 
-        Runs in its own task, so a request cancelled meanwhile still settles.
+        Without a hold the charge joins the next batch at once; with one, the write
+        runs in its own task, so a request cancelled meanwhile still settles.
         """
-        task = asyncio.ensure_future(self._settle(caller, ticket, decision.hold))
+        meter, hold = ticket.meter, decision.hold
+        tokens = meter.tokens() if meter is not None and meter.started else None
+        if hold is None:
+            if tokens is not None:
+                self._batcher.add(caller.user_id, *tokens)
+            return
+        task = asyncio.ensure_future(self._settle_hold(caller.user_id, hold, tokens))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
         await asyncio.shield(task)
 
-    async def _settle(self, caller: Caller, ticket: Ticket, hold: str | None) -> None:
-        meter = ticket.meter
-        if meter is None or not meter.started:
-            await self._ledger.release(caller.user_id, hold)
-            return
-        input_tokens, output_tokens = meter.tokens()
-        if hold is None:
-            # Nothing waits on this charge: it goes out with others, later.
-            self._batcher.add(caller.user_id, input_tokens, output_tokens)
-            return
-        await self._ledger.settle(caller.user_id, hold, input_tokens, output_tokens)
+    async def _settle_hold(
+        self, user: str, hold: str, tokens: tuple[int, int] | None
+    ) -> None:
+        if tokens is None:
+            await self._ledger.release(user, hold)
+        else:
+            await self._ledger.settle(user, hold, *tokens)
 
     async def close(self) -> None:
         """Write the charges still waiting (at shutdown)."""
