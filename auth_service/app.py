@@ -15,6 +15,7 @@ from auth_service.receipts import LegacyLogin, looks_like_jws
 from auth_service.status import StatusCheck
 from shared import metrics
 from shared.asgi import (
+    PROBE_PATHS,
     ASGIApp,
     Receive,
     RequestContext,
@@ -24,7 +25,7 @@ from shared.asgi import (
     read_body,
     request_info,
     send_answer,
-    send_readiness,
+    send_probe,
 )
 from shared.errors import Banned, LoginRateLimited, NotFound, SubscriptionRequired
 from shared.limits import LoginLimiter, is_banned
@@ -78,10 +79,9 @@ class AuthService:
             await self.login(scope, receive, send)
         elif path == "/appstore/notifications" and method == "POST":
             await self.notification(scope, receive, send)
-        elif path == "/healthz":
-            await send_answer(send, 200, b'{"status":"ok"}')
-        elif path == "/readyz":
-            await send_readiness(
+        elif path in PROBE_PATHS:
+            await send_probe(
+                path,
                 send,
                 self.health,
                 draining=self.draining,

@@ -13,13 +13,13 @@ from gateway_service.models import ModelCatalog
 from gateway_service.providers.config import ProviderRegistry, load_providers
 from gateway_service.upstream import UpstreamClient
 from shared.asgi import (
+    PROBE_PATHS,
     ASGIApp,
     Receive,
     RequestContext,
     Scope,
     Send,
-    send_answer,
-    send_readiness,
+    send_probe,
 )
 from shared.errors import NotFound
 from shared.limits import RateLimiter
@@ -74,10 +74,9 @@ class Gateway:
             await self.api(scope, receive, send)
         elif path == "/appstore" or path.startswith("/appstore/"):
             await self.auth_proxy(scope, receive, send)
-        elif path == "/healthz":
-            await send_answer(send, 200, b'{"status":"ok"}')
-        elif path == "/readyz":
-            await send_readiness(
+        elif path in PROBE_PATHS:
+            await send_probe(
+                path,
                 send,
                 self.health,
                 draining=self.draining,

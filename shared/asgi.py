@@ -89,13 +89,18 @@ async def send_error(send: Send, error: SubgateError, shape: ErrorShape) -> None
     await send_answer(send, error.status, error.body(shape), error_headers(error))
 
 
-async def send_readiness(
-    send: Send, health: RedisHealth, *, draining: bool, fail_open: bool
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+async def send_probe(
+    path: str, send: Send, health: RedisHealth, *, draining: bool, fail_open: bool
 ) -> None:
-    """Answer `/readyz`: not ready while draining, or while Redis is unreachable
-    unless the service fails open (then ready but degraded, so a load balancer keeps
-    the replica)."""
-    if draining:
+    """Answer `/healthz` (alive) or `/readyz`: not ready while draining, or while
+    Redis is unreachable unless the service fails open (then ready but degraded, so a
+    load balancer keeps the replica)."""
+    if path == "/healthz":
+        status, body = 200, b'{"status":"ok"}'
+    elif draining:
         status, body = 503, b'{"status":"draining"}'
     elif await health.probe():
         status, body = 200, b'{"status":"ready"}'
