@@ -126,6 +126,24 @@ class Stack:
         options.setdefault("max_retries", 0)
         return openai.OpenAI(api_key=token, base_url=self.url + "/v1", **options)
 
+    def stop(self) -> None:
+        self.gateway.stop()
+        self.auth.stop()
+
+
+def start_stack(
+    tmp: Path,
+    env: dict[str, str],
+    chain: DevChain,
+    openai_fake: FakeOpenAI,
+    anthropic_fake: FakeAnthropic,
+    redis_url: str,
+) -> Stack:
+    """Auth and a gateway with `env`, in front of the session's fakes."""
+    auth = start_auth(tmp, env)
+    gateway = start_gateway(tmp, env, auth.url)
+    return Stack(auth, gateway, chain, openai_fake, anthropic_fake, redis_url)
+
 
 @pytest.fixture(scope="session")
 def running_stack(
@@ -136,14 +154,16 @@ def running_stack(
     anthropic_upstream: FakeAnthropic,
     redis_server: RedisServer,
 ) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("stack")
-    auth = start_auth(tmp, base_env)
-    gateway = start_gateway(tmp, base_env, auth.url)
-    yield Stack(
-        auth, gateway, dev_chain, openai_upstream, anthropic_upstream, redis_server.url
+    stack = start_stack(
+        tmp_path_factory.mktemp("stack"),
+        base_env,
+        dev_chain,
+        openai_upstream,
+        anthropic_upstream,
+        redis_server.url,
     )
-    gateway.stop()
-    auth.stop()
+    yield stack
+    stack.stop()
 
 
 @pytest.fixture

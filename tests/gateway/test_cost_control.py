@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from auth_service.dev_storekit import DevChain
-from tests.conftest import Stack
+from tests.conftest import Stack, start_stack
 from tests.support.fake_anthropic import (
     FakeAnthropic,
     StreamItem,
@@ -31,7 +31,7 @@ from tests.support.fake_anthropic import (
 )
 from tests.support.fake_openai import FakeOpenAI, chunk, completion, usage
 from tests.support.fake_upstream import Answer
-from tests.support.processes import REPO, service_env, start_auth, start_gateway
+from tests.support.processes import REPO, service_env, start_gateway
 from tests.support.redis_server import RedisServer
 
 SMALL = "subgate.small"  # a product with a 1,000-token daily budget
@@ -58,13 +58,11 @@ def cost_stack(
             "MAX_TOKENS_CEILING": str(CEILING),
         }
     )
-    auth = start_auth(tmp, env)
-    gateway = start_gateway(tmp, env, auth.url)
-    yield Stack(
-        auth, gateway, dev_chain, openai_upstream, anthropic_upstream, redis_server.url
+    stack = start_stack(
+        tmp, env, dev_chain, openai_upstream, anthropic_upstream, redis_server.url
     )
-    gateway.stop()
-    auth.stop()
+    yield stack
+    stack.stop()
 
 
 @pytest.fixture
