@@ -216,7 +216,7 @@ def test_gateway_answers_408_to_a_body_that_stops_arriving(
     with socket.create_connection(("127.0.0.1", capped.gateway.port)) as sock:
         sock.settimeout(BODY_TIMEOUT * 10)
         sock.sendall(head + b'{"model":')
-        answer = sock.recv(65536)
+        answer = _read_answer(sock)
 
     assert answer.startswith(b"HTTP/1.1 408")
     assert b'"code":"request_timeout"' in answer
@@ -233,6 +233,17 @@ def test_gateway_keeps_serving_while_slow_clients_hang_on(stack: Stack) -> None:
         answer = httpx.get(stack.url + "/healthz", timeout=5)
 
     assert answer.status_code == 200
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """Everything the peer sends until it closes or ends a chunked body."""
+    answer = b""
+    while not answer.endswith(b"0\r\n\r\n"):
+        piece = sock.recv(65536)
+        if not piece:
+            break
+        answer += piece
+    return answer
 
 
 def _trickle_until_closed(sock: socket.socket, piece: bytes, limit: float) -> bool:
