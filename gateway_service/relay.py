@@ -5,7 +5,6 @@ client goes away so the provider call is cancelled at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -24,23 +23,36 @@ Transform = Callable[[bytes], bytes]
 async def until_disconnect(work: Awaitable[T], receive: Receive) -> T:
     """Run `work` to its end, or cancel it as soon as the client disconnects.
 
-    Call only after the request body was read, so `receive` has nothing else to say.
+    The work runs in the caller's task; one watcher task waits for the disconnect and
+    cancels the caller. Call only after the request body was read, so `receive` has
+    nothing else to say.
     """
-    task = asyncio.ensure_future(work)
+    caller = asyncio.current_task()
+    assert caller is not None, "until_disconnect() runs inside a task"
+    state = {"running": True, "gone": False}
+
+    def client_left(watcher: asyncio.Future[None]) -> None:
+        # Runs from the event loop; the work may have finished in the meantime.
+        if state["running"] and not watcher.cancelled():
+            watcher.exception()  # a failing receive() also means the client is gone
+            state["gone"] = True
+            caller.cancel()
+
     watcher = asyncio.ensure_future(_disconnected(receive))
+    watcher.add_done_callback(client_left)
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        result = await work
     except asyncio.CancelledError:
-        task.cancel()
-        raise
+        if not state["gone"]:
+            raise
+        caller.uncancel()
+        raise ClientDisconnected() from None
     finally:
+        state["running"] = False
         watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
-    raise ClientDisconnected()
+    if state["gone"]:  # the work swallowed the cancellation and finished anyway
+        caller.uncancel()
+    return result
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -1,0 +1,108 @@
+"""`until_disconnect`: the provider call runs in the request's task and stops the moment
+the client leaves, without leaving a cancellation behind for what follows."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from gateway_service.relay import until_disconnect
+from shared.asgi import ClientDisconnected
+
+
+class Client:
+    """An ASGI `receive` that says `http.disconnect` once `leave()` is called."""
+
+    def __init__(self) -> None:
+        self._left = asyncio.Event()
+
+    def leave(self) -> None:
+        self._left.set()
+
+    async def receive(self) -> dict[str, Any]:
+        await self._left.wait()
+        return {"type": "http.disconnect"}
+
+
+async def test_until_disconnect_returns_the_work_result() -> None:
+    client = Client()
+
+    async def work() -> str:
+        await asyncio.sleep(0)
+        return "answer"
+
+    assert await until_disconnect(work(), client.receive) == "answer"
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+async def test_until_disconnect_cancels_the_work_when_the_client_leaves() -> None:
+    client = Client()
+    cancelled = asyncio.Event()
+
+    async def work() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    asyncio.get_running_loop().call_later(0.01, client.leave)
+    with pytest.raises(ClientDisconnected):
+        await asyncio.wait_for(until_disconnect(work(), client.receive), 5)
+    assert cancelled.is_set()
+
+
+async def test_until_disconnect_leaves_no_cancellation_behind() -> None:
+    client = Client()
+
+    async def work() -> None:
+        await asyncio.sleep(30)
+
+    async def request() -> str:
+        with pytest.raises(ClientDisconnected):
+            await until_disconnect(work(), client.receive)
+        await asyncio.sleep(0.01)  # what the handler does afterwards (settling)
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0
+        return "settled"
+
+    asyncio.get_running_loop().call_later(0.01, client.leave)
+    assert await asyncio.wait_for(request(), 5) == "settled"
+
+
+async def test_until_disconnect_ignores_a_disconnect_after_the_work_ended() -> None:
+    client = Client()
+
+    async def work() -> str:
+        client.leave()  # the client goes away as the answer completes:
+        await asyncio.sleep(0)  # the watcher sees it before the work returns
+        return "answer"
+
+    async def request() -> str:
+        answer = await until_disconnect(work(), client.receive)
+        await asyncio.sleep(0.01)
+        return answer
+
+    assert await asyncio.wait_for(request(), 5) == "answer"
+
+
+async def test_until_disconnect_reports_a_failing_receive_as_a_disconnect() -> None:
+    async def broken_receive() -> dict[str, Any]:
+        raise RuntimeError("connection lost")
+
+    async def work() -> None:
+        await asyncio.sleep(30)
+
+    with pytest.raises(ClientDisconnected):
+        await asyncio.wait_for(until_disconnect(work(), broken_receive), 5)
+
+
+async def test_until_disconnect_passes_on_a_cancellation_from_elsewhere() -> None:
+    client = Client()
+    task = asyncio.ensure_future(until_disconnect(asyncio.sleep(30), client.receive))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
