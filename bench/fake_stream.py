@@ -10,7 +10,9 @@ The requested model's name steers the answer, because it is the one thing that r
 the fake unchanged through the gateway, translated or not: `-n<count>` content events
 (default 200), `-i<ms>` pause between them (default 0: back to back), `-h<ms>` pause
 after the first one (for "many open streams"); e.g. `gpt-bench-i2`,
-`claude-bench-h20000`.
+`claude-bench-h20000`. An answer without pauses is written in one piece, as nginx
+serves a fixed file, so the fake's own writes do not compete with the proxy under
+test for the machine's two cores; a paced answer is written event by event.
 
 Run: `python bench/fake_stream.py PORT`.
 """
@@ -196,7 +198,15 @@ class StreamProtocol(asyncio.Protocol):
         style = AnthropicStream() if path.endswith("/messages") else OpenAIStream()
         count, interval, hold = _steering(body)
         with contextlib.suppress(ConnectionError):
-            await self._write(_HEAD + b"".join(_chunk(e) for e in style.opening()))
+            opening = _HEAD + b"".join(_chunk(e) for e in style.opening())
+            if not interval and not hold:
+                events = [style.content(f"t{time.monotonic_ns()} ")] * count
+                tail = b"".join(_chunk(e) for e in style.closing(count))
+                await self._write(
+                    opening + b"".join(map(_chunk, events)) + tail + b"0\r\n\r\n"
+                )
+                return
+            await self._write(opening)
             for index in range(count):
                 text = f"t{time.monotonic_ns()} "
                 await self._write(_chunk(style.content(text)))

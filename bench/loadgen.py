@@ -148,7 +148,8 @@ def _headers(target: Target, token: str) -> dict[str, str]:
 async def stream_timings(
     target: Target, token: str, *, runs: int, paced_runs: int, interval_ms: int
 ) -> dict[str, Any]:
-    """Back-to-back 200-event streams (TTFB, total) and paced ones (per-event delay)."""
+    """Back-to-back 200-event streams written at once (TTFB, total) and paced ones,
+    written event by event like a model's answer (TTFB, per-event delay)."""
     connector = aiohttp.TCPConnector(limit=1)
     async with aiohttp.ClientSession(connector=connector) as session:
         headers = _headers(target, token)
@@ -165,6 +166,7 @@ async def stream_timings(
         "total_p50_ms": round(statistics.median(t.total_ms for t in burst), 3),
         "events": burst[0].events,
         "paced_interval_ms": interval_ms,
+        "paced_ttfb_p50_ms": round(statistics.median(t.ttfb_ms for t in paced), 3),
         "paced_total_p50_ms": round(statistics.median(t.total_ms for t in paced), 1),
         "paced_reads_per_stream": round(statistics.mean(t.reads for t in paced), 1),
         "paced_events_per_stream": round(statistics.mean(t.events for t in paced), 1),
