@@ -17,6 +17,7 @@ import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import RedisClusterException, RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
@@ -57,6 +58,22 @@ def _options() -> dict[str, Any]:
 DEFAULT_MAX_CONNECTIONS = 256
 
 
+class _HiredisPacking:
+    """Packs commands with hiredis's C packer, as redis-py's blocking client does; its
+    asyncio client packs them in Python (for the limiter's script call, 27 µs against
+    9 µs on our machines). Mixed into the connection class the URL chose."""
+
+    _serializer = HiredisRespSerializer()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return self._serializer.pack(*args)  # type: ignore[no-any-return]
+
+
+def _packing_with_hiredis(pool: redis.asyncio.ConnectionPool) -> None:
+    base = pool.connection_class
+    pool.connection_class = type(f"Hiredis{base.__name__}", (_HiredisPacking, base), {})
+
+
 def create_redis(
     url: str, *, cluster: bool, max_connections: int = DEFAULT_MAX_CONNECTIONS
 ) -> AsyncRedis:
@@ -80,6 +97,7 @@ def create_redis(
         retry=AsyncRetry(NoBackoff(), 0),
         **_options(),
     )
+    _packing_with_hiredis(pool)
     return redis.asyncio.Redis.from_pool(pool)
 
 

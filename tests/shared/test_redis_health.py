@@ -8,6 +8,7 @@ import time
 
 import pytest
 import redis.asyncio
+from redis.asyncio.connection import UnixDomainSocketConnection
 
 from shared.errors import Unavailable
 from shared.limits import Limits, LoginLimiter, RateLimiter, is_banned
@@ -93,7 +94,32 @@ def test_create_redis_accepts_unix_and_tls_urls() -> None:
     unix_kwargs = unix.connection_pool.connection_kwargs
     assert unix_kwargs["path"] == "/tmp/subgate-test.sock"
     assert unix_kwargs["socket_timeout"] == 0.5
-    assert tls.connection_pool.connection_class is redis.asyncio.SSLConnection
+    assert issubclass(unix.connection_pool.connection_class, UnixDomainSocketConnection)
+    assert issubclass(tls.connection_pool.connection_class, redis.asyncio.SSLConnection)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("EVALSHA", "f" * 40, 2, "subgate:min:{u}", "subgate:hour:{u}", "", 15, -1),
+        ("SET", "clé", b"\x00\xffbytes", 0.1, 1e20, 3600),
+        ("CONFIG GET", "maxmemory"),
+    ],
+)
+async def test_commands_are_packed_as_redis_py_packs_them(
+    single_url: str, args: tuple[object, ...]
+) -> None:
+    client = create_redis(single_url, cluster=False)
+    connection = client.connection_pool.make_connection()
+    plain = redis.asyncio.Connection()
+
+    packed = b"".join(connection.pack_command(*args))
+
+    assert packed == b"".join(plain.pack_command(*args))
+    assert type(connection).pack_command is not redis.asyncio.Connection.pack_command
+    with pytest.raises(redis.DataError):
+        connection.pack_command("SET", "key", None)
+    await client.aclose()
 
 
 def test_redis_health_logs_nothing_while_healthy(
