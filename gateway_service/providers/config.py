@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import fnmatch
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from shared.settings import Secret, Settings, SettingsError
 
@@ -99,6 +99,7 @@ class Route:
 
 
 _ROUTE_CACHE_SIZE = 4096
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,9 @@ class ProviderRegistry:
     models: tuple[tuple[str, ModelConfig], ...] = ()
     default_model: ModelConfig = ModelConfig()
     _route_cache: dict[str, tuple[Provider, ModelConfig] | None] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    _config_cache: dict[str, ModelConfig] = field(
         default_factory=dict, compare=False, repr=False
     )
 
@@ -137,6 +141,9 @@ class ProviderRegistry:
 
     def model_config(self, model: str) -> ModelConfig:
         """Per-model data: exact name first, then the first matching glob."""
+        return _remembered(self._config_cache, model, self._find_model_config)
+
+    def _find_model_config(self, model: str) -> ModelConfig:
         for pattern, config in self.models:
             if pattern == model:
                 return config
@@ -148,6 +155,16 @@ class ProviderRegistry:
     def routed_models(self) -> list[str]:
         """The exact model names routed here (for `GET /v1/models`)."""
         return [r.pattern for r in self.routes if not r.is_glob]
+
+
+def _remembered(cache: dict[str, T], model: str, find: Callable[[str], T]) -> T:
+    """`find(model)`, remembered in a cache bounded to _ROUTE_CACHE_SIZE names."""
+    if model in cache:
+        return cache[model]
+    if len(cache) >= _ROUTE_CACHE_SIZE:
+        cache.clear()
+    cache[model] = answer = find(model)
+    return answer
 
 
 def drop_refused_params(body: dict[str, Any], model: ModelConfig) -> dict[str, Any]:

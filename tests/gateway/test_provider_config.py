@@ -81,6 +81,17 @@ def test_load_providers_unknown_claude_model_gets_defaults() -> None:
     assert config.max_tokens == 4096
 
 
+def test_model_config_answers_stay_right_past_the_cache_bound() -> None:
+    registry = load_providers(None, _settings(), {})
+    names = [f"claude-unknown-{i}" for i in range(5000)] + ["claude-opus-4-7"]
+
+    configs = [registry.model_config(name) for name in names * 2]
+
+    assert all(c.name == "*" for c in configs if c is not configs[5000])
+    assert configs[5000].drop_params == ("temperature", "top_p", "top_k")
+    assert registry.model_config("claude-opus-4-7") is configs[-1]
+
+
 @pytest.mark.parametrize(
     "example", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.name
 )
