@@ -230,7 +230,7 @@ class Forwarder:
             outbound.body,
         )
         info.upstream_seconds = time.perf_counter() - started
-        metrics.UPSTREAM_LATENCY.labels(outbound.provider).observe(
+        metrics.labelled(metrics.UPSTREAM_LATENCY, outbound.provider).observe(
             info.upstream_seconds
         )
         try:

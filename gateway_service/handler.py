@@ -135,7 +135,7 @@ class ApiHandler:
             otid=caller.original_transaction_id,
             reservation=ticket.reservation if ticket else None,
         )
-        metrics.LIMITER_DECISIONS.labels(decision.reason).inc()
+        metrics.labelled(metrics.LIMITER_DECISIONS, decision.reason).inc()
         error = decision_error(decision)
         if error is not None:
             raise error

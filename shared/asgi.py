@@ -214,9 +214,9 @@ class RequestContext:
                 await send_error(send, _INTERNAL, info.shape)
 
     def _record(self, scope: Scope, info: RequestInfo, seconds: float) -> None:
-        provider = info.provider or ""
-        metrics.REQUESTS.labels(self.service, info.route, info.status, provider).inc()
-        metrics.LATENCY.labels(self.service, info.route).observe(seconds)
+        service, route, provider = self.service, info.route, info.provider or ""
+        metrics.labelled(metrics.REQUESTS, service, route, info.status, provider).inc()
+        metrics.labelled(metrics.LATENCY, service, route).observe(seconds)
         access_logger.info(
             "%s %s %d",
             scope["method"],

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics import MetricWrapperBase
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,21 @@ LOGINS = Counter(
     "Login attempts at /appstore, by outcome.",
     ["outcome"],
 )
+
+
+M = TypeVar("M", bound=MetricWrapperBase)
+_children: dict[tuple[Any, ...], Any] = {}
+
+
+def labelled(metric: M, *values: object) -> M:
+    """`metric.labels(*values)`, remembered: prometheus-client validates the values
+    and takes a lock on every `labels()` call, several times per request otherwise.
+    Every label of ours has a small, fixed set of values."""
+    key = (metric, *values)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*values)
+    return child
 
 
 def serve_metrics(host: str, port: int) -> None:
