@@ -92,6 +92,10 @@ def configure_logging(service: str, level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper() if level.upper() in logging._nameToLevel else "INFO")
+    # Neither format shows the caller's file, thread or process: skip collecting them
+    # for every record (the logging HOWTO's "Optimization" settings).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     for noisy in ("uvicorn.access", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("uvicorn.error").propagate = True
