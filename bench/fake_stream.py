@@ -63,12 +63,43 @@ def _openai_event(delta: dict[str, object], finish: str | None = None) -> bytes:
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
 
+def _openai_usage_event(completion_tokens: int) -> bytes:
+    prompt_tokens = _USAGE["input_tokens"]
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+    body = {
+        "id": _OPENAI_ID,
+        "object": "chat.completion.chunk",
+        "created": 1767225600,
+        "model": "gpt-4o-mini",
+        "service_tier": "default",
+        "system_fingerprint": None,
+        "choices": [],
+        "usage": usage,
+    }
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
 def _anthropic_event(kind: str, body: dict[str, object]) -> bytes:
     return b"event: %b\ndata: %b\n\n" % (kind.encode(), orjson.dumps(body))
 
 
 class OpenAIStream:
-    """Chat Completions chunks: role, contents, finish, [DONE]."""
+    """Chat Completions chunks: role, contents, finish, the usage-only chunk when the
+    request asked for it (`stream_options.include_usage`), [DONE]."""
+
+    def __init__(self, usage: bool = False) -> None:
+        self._usage = usage
 
     def opening(self) -> list[bytes]:
         return [_openai_event({"role": "assistant", "content": "", "refusal": None})]
@@ -77,7 +108,10 @@ class OpenAIStream:
         return _openai_event({"content": text})
 
     def closing(self, count: int) -> list[bytes]:
-        return [_openai_event({}, "stop"), b"data: [DONE]\n\n"]
+        events = [_openai_event({}, "stop")]
+        if self._usage:
+            events.append(_openai_usage_event(count))
+        return [*events, b"data: [DONE]\n\n"]
 
 
 class AnthropicStream:
@@ -128,14 +162,19 @@ class AnthropicStream:
         ]
 
 
-def _steering(body: bytes) -> tuple[int, float, float]:
-    """Events, interval (s) and hold (s) named in the request's model."""
+def _steering(body: bytes) -> tuple[int, float, float, bool]:
+    """Events, interval (s) and hold (s) named in the request's model, and whether
+    the request asked for a usage chunk."""
     try:
-        model = str(orjson.loads(body).get("model", ""))
+        request = orjson.loads(body)
+        model = str(request.get("model", ""))
+        options = request.get("stream_options")
+        usage = isinstance(options, dict) and bool(options.get("include_usage"))
     except (orjson.JSONDecodeError, AttributeError):
-        model = ""
+        model, usage = "", False
     found = {key: int(value) for key, value in _STEER.findall(model)}
-    return found.get("n", 200), found.get("i", 0) / 1000, found.get("h", 0) / 1000
+    interval, hold = found.get("i", 0) / 1000, found.get("h", 0) / 1000
+    return found.get("n", 200), interval, hold, usage
 
 
 class StreamProtocol(asyncio.Protocol):
@@ -195,8 +234,9 @@ class StreamProtocol(asyncio.Protocol):
             await self._writable.wait()
 
     async def _answer(self, path: str, headers: dict[str, str], body: bytes) -> None:
-        style = AnthropicStream() if path.endswith("/messages") else OpenAIStream()
-        count, interval, hold = _steering(body)
+        count, interval, hold, usage = _steering(body)
+        messages = path.endswith("/messages")
+        style = AnthropicStream() if messages else OpenAIStream(usage)
         with contextlib.suppress(ConnectionError):
             opening = _HEAD + b"".join(_chunk(e) for e in style.opening())
             if not interval and not hold:

@@ -114,6 +114,14 @@ def _ratio_row(
 def extras(result: dict[str, Any]) -> str:
     """Memory, Redis and HTTP client figures, and the targets."""
     lines = []
+    for suite, rows in result["requests"].items():
+        spread = rows["gateway"]["c50"].get("runs_rps")
+        if spread:
+            lines.append(
+                f"- {suite}: gateway req/s at c50 in each round "
+                + ", ".join(_fmt(r, 0) for r in spread)
+                + " (the table shows the median round)"
+            )
     for suite, m in result.get("memory", {}).items():
         lines.append(
             f"- {suite}: {m['opened']}/{m['streams']} streams open at once "

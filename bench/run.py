@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -90,36 +91,49 @@ def stream_targets(stack: Stack) -> dict[str, dict[str, Target]]:
 
 
 def measure_requests(
-    stack: Stack, tokens: list[str], seconds: float
+    stack: Stack, tokens: list[str], seconds: float, repeats: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """wrk at 1 and 50 connections for every target; server-side Redis commands
-    during the gateway's 50-connection runs."""
-    results: dict[str, Any] = {}
-    redis_commands: dict[str, Any] = {}
-    for suite, targets in request_targets(stack).items():
-        results[suite] = {}
-        for name, target in targets.items():
+    """wrk at 1 and 50 connections for every target, `repeats` rounds taking turns
+    (so a slow spell of the machine hits every target alike), reported as the median
+    round; server-side Redis commands during the gateway's 50-connection runs."""
+    runs: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    commands: dict[str, list[float]] = {}
+    for targets in request_targets(stack).values():
+        for target in targets.values():
             loadgen.wrk(target, 50, 1, tokens)  # warm-up
-            row = {}
-            for connections in (1, 50):
-                _quiet_redis(stack.redis_client)
-                before = server_commands(stack.redis_client)
-                cpu_before = loadgen.cpu_seconds(stack.gateway_pid)
-                row[f"c{connections}"] = figures = loadgen.wrk(
-                    target, connections, seconds, tokens
-                )
-                if name == "gateway":
-                    cpu = loadgen.cpu_seconds(stack.gateway_pid) - cpu_before
-                    figures["gateway_cpu_us_per_request"] = round(
-                        1e6 * cpu / max(figures["requests"], 1), 1
+    for _ in range(repeats):
+        for suite, targets in request_targets(stack).items():
+            for name, target in targets.items():
+                for connections in (1, 50):
+                    figures, per_request = _one_wrk_run(
+                        stack, target, connections, seconds, tokens
                     )
-                if name == "gateway" and connections == 50:
-                    after = server_commands(stack.redis_client)
-                    per = (after - before) / max(figures["requests"], 1)
-                    redis_commands[suite] = round(per, 2)
-                _progress(suite, name, connections, figures)
-            results[suite][name] = row
+                    runs.setdefault((suite, name, connections), []).append(figures)
+                    if name == "gateway" and connections == 50:
+                        commands.setdefault(suite, []).append(per_request)
+                    _progress(suite, name, connections, figures)
+    results: dict[str, Any] = {}
+    for (suite, name, connections), rounds in runs.items():
+        row = results.setdefault(suite, {}).setdefault(name, {})
+        row[f"c{connections}"] = loadgen.median_figures(rounds)
+    redis_commands = {suite: statistics.median(c) for suite, c in commands.items()}
     return results, redis_commands
+
+
+def _one_wrk_run(
+    stack: Stack, target: Target, connections: int, seconds: float, tokens: list[str]
+) -> tuple[dict[str, Any], float]:
+    """One wrk run; for the gateway also its CPU time and Redis commands per request."""
+    _quiet_redis(stack.redis_client)
+    before = server_commands(stack.redis_client)
+    cpu_before = loadgen.cpu_seconds(stack.gateway_pid)
+    figures = loadgen.wrk(target, connections, seconds, tokens)
+    requests = max(figures["requests"], 1)
+    if target.name == "gateway":
+        cpu = loadgen.cpu_seconds(stack.gateway_pid) - cpu_before
+        figures["gateway_cpu_us_per_request"] = round(1e6 * cpu / requests, 1)
+    per_request = (server_commands(stack.redis_client) - before) / requests
+    return figures, round(per_request, 2)
 
 
 def _progress(suite: str, name: str, connections: int, f: dict[str, Any]) -> None:
@@ -261,7 +275,10 @@ def _stop_on_signal(signum: int, frame: Any) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=5, help="per wrk run")
+    parser.add_argument("--seconds", type=float, default=4, help="per wrk run")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds of wrk runs (median reported)"
+    )
     parser.add_argument("--out", default="bench/results/latest")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-clients", action="store_true")
@@ -282,7 +299,9 @@ def main() -> None:
             stack.start()
             tokens = stack.mint_tokens(TOKENS)
             print("Requests (wrk, one thread):", flush=True)
-            requests, commands = measure_requests(stack, tokens, args.seconds)
+            requests, commands = measure_requests(
+                stack, tokens, args.seconds, max(1, args.repeats)
+            )
             result["requests"] = requests
             result["redis"] = {
                 "server_commands_per_request": commands,

@@ -1,0 +1,123 @@
+"""The bench's own parts: its streaming fake speaks the providers' wire formats (read
+here by the official SDKs), and a report of several rounds shows their median."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import anthropic
+import openai
+import pytest
+
+from bench import loadgen, report
+from bench.stack import wait_port
+from tests.support.redis_server import free_port
+
+FAKE = Path(__file__).resolve().parents[2] / "bench" / "fake_stream.py"
+
+
+@pytest.fixture(scope="module")
+def fake_url() -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, str(FAKE), str(port)])
+    try:
+        wait_port(port, process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.mark.parametrize("model", ["gpt-bench-n5", "gpt-bench-n5-i1"])
+def test_fake_stream_is_an_openai_stream(fake_url: str, model: str) -> None:
+    client = openai.OpenAI(base_url=fake_url + "/v1", api_key="unused", max_retries=0)
+
+    chunks = list(
+        client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.count(" ") == 5 and text.startswith("t")
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 5
+
+
+def test_fake_stream_sends_usage_only_when_asked(fake_url: str) -> None:
+    client = openai.OpenAI(base_url=fake_url + "/v1", api_key="unused", max_retries=0)
+
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-bench-n3",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+        )
+    )
+
+    assert all(c.usage is None and c.choices for c in chunks)
+
+
+@pytest.mark.parametrize("model", ["claude-bench-n4", "claude-bench-n4-i1"])
+def test_fake_stream_is_an_anthropic_stream(fake_url: str, model: str) -> None:
+    client = anthropic.Anthropic(base_url=fake_url, api_key="unused", max_retries=0)
+
+    with client.messages.stream(
+        model=model, max_tokens=16, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        message = stream.get_final_message()
+
+    assert text.count(" ") == 4
+    assert message.stop_reason == "end_turn"
+    assert message.usage.output_tokens == 4
+
+
+def test_median_figures_take_the_middle_round() -> None:
+    kinds = {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0}
+    rounds = [
+        {"rps": r, "p50_ms": p, "errors": e, "error_kinds": {**kinds, "read": e}}
+        for r, p, e in [(1500.0, 30.0, 0), (2100.0, 22.5, 1), (1900.0, 25.0, 0)]
+    ]
+
+    figures = loadgen.median_figures(rounds)
+
+    assert figures["rps"] == 1900.0
+    assert figures["p50_ms"] == 25.0
+    assert figures["errors"] == 1
+    assert figures["error_kinds"]["read"] == 1
+    assert figures["runs_rps"] == [1500.0, 2100.0, 1900.0]
+
+
+def test_report_checks_both_first_byte_targets() -> None:
+    row = {"c1": {"rps": 1.0, "p50_ms": 0.5}, "c50": {"rps": 2500.0}}
+    stream = {
+        "ttfb_p50_ms": 1.0,
+        "paced_ttfb_p50_ms": 1.0,
+        "chunk_delay_p99_ms": 0.2,
+        "paced_reads_per_stream": 200,
+        "paced_events_per_stream": 200,
+    }
+    result = {
+        "requests": {"openai": {"direct": row, "gateway": row}},
+        "streams": {
+            "openai": {
+                "direct": stream,
+                "gateway": {**stream, "ttfb_p50_ms": 1.5, "paced_ttfb_p50_ms": 2.5},
+            }
+        },
+    }
+
+    checks = report.evaluate(result, "openai")
+
+    assert checks["added_ttfb_ms"] == {"value": 0.5, "met": True}
+    assert checks["added_paced_ttfb_ms"] == {"value": 1.5, "met": False}
+    assert checks["rps_c50"]["met"]
