@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio
+from redis.exceptions import NoScriptError
 
 from shared.errors import Unavailable
 from shared.redis import (
@@ -403,18 +404,27 @@ class UsageLedger:
             return
         try:
             async with asyncio.timeout(OPERATION_TIMEOUT_SECONDS):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for user, charge in batch.items():
-                        keys = list(usage_keys(user).values())
-                        await self._settle(
-                            keys=keys, args=_settle_args(charge), client=pipe
-                        )
-                    await pipe.execute()
+                try:
+                    await self._settle_pipelined(batch)
+                except NoScriptError:
+                    # Redis lost its scripts (a restart): load once, send again. No
+                    # charge of the batch ran, since every call failed the same way.
+                    await self._redis.script_load(_SETTLE_SCRIPT)
+                    await self._settle_pipelined(batch)
         except REDIS_ERRORS as exc:
             self._health.record_failure(exc)
             logger.warning("Could not record the token usage of %d users", len(batch))
             return
         self._health.record_success()
+
+    async def _settle_pipelined(self, batch: dict[str, Charge]) -> None:
+        # EVALSHA itself: a script object in a pipeline first asks SCRIPT EXISTS,
+        # a second round trip for every batch.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user, charge in batch.items():
+                keys = list(usage_keys(user).values())
+                pipe.evalsha(self._settle.sha, len(keys), *keys, *_settle_args(charge))
+            await pipe.execute()
 
     async def settle_many(self, user: str, charge: Charge) -> bool:
         """Charge one user's requests and drop their holds in one call."""

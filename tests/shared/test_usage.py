@@ -326,3 +326,18 @@ async def test_usage_batch_of_many_users_is_charged_exactly(
     for i, user in enumerate(users):
         day = (await ledger.report(user)).day
         assert (day.input_tokens, day.output_tokens, day.requests) == (2 * i, 2, 2)
+
+
+async def test_usage_batch_survives_redis_losing_its_scripts(
+    redis_client: AsyncRedis,
+) -> None:
+    ledger = UsageLedger(redis_client)
+    await ledger.settle_batch({USER: Charge(1, 1, 1), "acct:other": Charge(1, 1, 1)})
+    await redis_client.script_flush()  # what a Redis restart does to the script cache
+
+    await ledger.settle_batch({USER: Charge(2, 3, 1), "acct:other": Charge(4, 5, 1)})
+
+    day = (await ledger.report(USER)).day
+    other = (await ledger.report("acct:other")).day
+    assert (day.input_tokens, day.output_tokens, day.requests) == (3, 4, 2)
+    assert (other.input_tokens, other.output_tokens, other.requests) == (5, 6, 2)
