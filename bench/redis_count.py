@@ -9,15 +9,25 @@ one long-lived client so its own connection handshake is not counted again and a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 import socket
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis
 
-_LINE = re.compile(rb'^\+\d+\.\d+ \[\d+ ([^\]]+)\] "([^"]+)"')
+from shared.limits import _CHECK_SCRIPT
+from shared.usage import _SETTLE_SCRIPT
+
+_LINE = re.compile(rb'^\+\d+\.\d+ \[\d+ ([^\]]+)\] "([^"]+)"(?: "([^"]*)")?')
+# Which script an EVALSHA ran, by the SHA1 redis-py sends.
+_SCRIPTS = {
+    hashlib.sha1(_CHECK_SCRIPT.encode()).hexdigest(): "admission",
+    hashlib.sha1(_SETTLE_SCRIPT.encode()).hexdigest(): "settlement",
+}
 
 
 _NOT_COUNTED = {"cmdstat_info", "cmdstat_hello", "cmdstat_client|setinfo"}
@@ -48,7 +58,9 @@ async def round_trips(
             lines.append(await reader.readline())
 
     collector = asyncio.create_task(collect())
+    started = time.monotonic()
     requests = await work()
+    seconds = time.monotonic() - started
     # A marker the monitor sees after every command of `work`.
     _, marker = await asyncio.open_connection(host, port)
     marker.write(b"ECHO bench-monitor-end\r\n")
@@ -66,11 +78,22 @@ async def round_trips(
         if match is None or b"bench-monitor-end" in line:
             continue
         origin, command = match.group(1), match.group(2).decode().upper()
-        (inner if origin == b"lua" else sent)[command] += 1
+        if origin == b"lua":
+            inner[command] += 1
+            continue
+        script = _SCRIPTS.get((match.group(3) or b"").decode())
+        sent[
+            f"{command} ({script})" if command == "EVALSHA" and script else command
+        ] += 1
     sent.pop("ECHO", None)
+    per = max(requests, 1)
     return {
         "requests": requests,
-        "round_trips_per_request": round(sum(sent.values()) / max(requests, 1), 3),
+        "seconds": round(seconds, 2),
+        "round_trips_per_request": round(sum(sent.values()) / per, 3),
+        "admission_round_trips_per_request": round(
+            sent["EVALSHA (admission)"] / per, 3
+        ),
         "sent": dict(sent),
-        "script_commands_per_request": round(sum(inner.values()) / max(requests, 1), 2),
+        "script_commands_per_request": round(sum(inner.values()) / per, 2),
     }

@@ -13,8 +13,12 @@ import openai
 import pytest
 
 from bench import loadgen, report
+from bench.redis_count import round_trips
 from bench.stack import wait_port
-from tests.support.redis_server import free_port
+from shared.limits import Limits, RateLimiter
+from shared.redis import create_redis
+from shared.usage import Charge, UsageLedger
+from tests.support.redis_server import RedisServer, free_port
 
 FAKE = Path(__file__).resolve().parents[2] / "bench" / "fake_stream.py"
 
@@ -121,3 +125,28 @@ def test_report_checks_both_first_byte_targets() -> None:
     assert checks["added_ttfb_ms"] == {"value": 0.5, "met": True}
     assert checks["added_paced_ttfb_ms"] == {"value": 1.5, "met": False}
     assert checks["rps_c50"]["met"]
+
+
+async def test_round_trips_tells_admission_from_batched_settlement(
+    redis_server: RedisServer,
+) -> None:
+    client = create_redis(redis_server.url, cluster=False)
+    limiter = RateLimiter(client, enabled=True)
+    ledger = UsageLedger(client)
+    limits = Limits(1000, 1000, 0, 60, 3600, 86400)
+    await limiter.check("txn:0", limits=limits, otid=None)  # scripts loaded first
+    await ledger.settle_batch({"txn:0": Charge(1, 1, 1), "txn:9": Charge(1, 1, 1)})
+
+    async def work() -> int:
+        for user in ("txn:1", "txn:2", "txn:3"):
+            await limiter.check(user, limits=limits, otid=None)
+        await ledger.settle_batch({"txn:1": Charge(3, 4, 1), "txn:2": Charge(1, 1, 1)})
+        return 3
+
+    counted = await round_trips("127.0.0.1", redis_server.port, work)
+    await client.aclose()
+
+    assert counted["sent"]["EVALSHA (admission)"] == 3
+    assert counted["admission_round_trips_per_request"] == 1.0
+    assert counted["sent"]["EVALSHA (settlement)"] == 2  # one pipelined batch
+    assert counted["round_trips_per_request"] == round(5 / 3, 3), counted["sent"]
