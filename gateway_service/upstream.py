@@ -130,6 +130,9 @@ class UpstreamClient:
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
+            # One session serves every user: a provider's cookies (Cloudflare's, for
+            # OpenAI) must not be kept and sent back on other users' calls.
+            cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=True,
             skip_auto_headers=("User-Agent",),
         )
