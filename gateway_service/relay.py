@@ -32,9 +32,11 @@ async def until_disconnect(work: Awaitable[T], receive: Receive) -> T:
     state = {"running": True, "gone": False}
 
     def client_left(watcher: asyncio.Future[None]) -> None:
-        # Runs from the event loop; the work may have finished in the meantime.
-        if state["running"] and not watcher.cancelled():
-            watcher.exception()  # a failing receive() also means the client is gone
+        # Runs from the event loop; the work may have finished in the meantime, and
+        # then the watcher was cancelled here, not by receive().
+        if state["running"]:
+            if not watcher.cancelled():
+                watcher.exception()  # a failing receive() also means the client left
             state["gone"] = True
             caller.cancel()
 
@@ -43,8 +45,13 @@ async def until_disconnect(work: Awaitable[T], receive: Receive) -> T:
     try:
         result = await work
     except asyncio.CancelledError:
+        if state["gone"] and caller.uncancel() == 0:
+            raise ClientDisconnected() from None
+        raise  # cancelled from elsewhere too (server shutdown): pass it on
+    except Exception:
         if not state["gone"]:
             raise
+        # The work turned the cancellation into another error; the client is gone.
         caller.uncancel()
         raise ClientDisconnected() from None
     finally:

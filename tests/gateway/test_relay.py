@@ -106,3 +106,44 @@ async def test_until_disconnect_passes_on_a_cancellation_from_elsewhere() -> Non
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_until_disconnect_reports_work_that_converts_the_cancellation() -> None:
+    client = Client()
+
+    async def work() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            raise ValueError("cancelled into another error") from None
+
+    async def request() -> int:
+        with pytest.raises(ClientDisconnected):
+            await until_disconnect(work(), client.receive)
+        task = asyncio.current_task()
+        assert task is not None
+        return task.cancelling()
+
+    asyncio.get_running_loop().call_later(0.01, client.leave)
+    assert await asyncio.wait_for(request(), 5) == 0
+
+
+async def test_until_disconnect_reports_a_cancelled_receive_as_a_disconnect() -> None:
+    async def receive() -> dict[str, Any]:
+        raise asyncio.CancelledError()
+
+    with pytest.raises(ClientDisconnected):
+        await asyncio.wait_for(until_disconnect(asyncio.sleep(30), receive), 5)
+
+
+async def test_until_disconnect_keeps_a_shutdown_that_meets_a_disconnect() -> None:
+    client = Client()
+    task = asyncio.ensure_future(until_disconnect(asyncio.sleep(30), client.receive))
+    await asyncio.sleep(0.01)
+    client.leave()
+    await asyncio.sleep(0)  # the watcher sees the disconnect and cancels the task
+    await asyncio.sleep(0)
+    task.cancel()  # and the server shuts down at the same moment
+
+    with pytest.raises(asyncio.CancelledError):
+        await task
