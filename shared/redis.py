@@ -88,7 +88,10 @@ def create_redis(
         # One immediate retry: a fresh Cluster client's first concurrent commands
         # race with its slot discovery, and a failover answers MOVED once.
         return redis.asyncio.RedisCluster.from_url(
-            url, retry=AsyncRetry(NoBackoff(), 1), **_options()
+            url,
+            retry=AsyncRetry(NoBackoff(), 1),
+            max_connections=max(1, max_connections),  # per node
+            **_options(),
         )
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         url,

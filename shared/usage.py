@@ -346,6 +346,11 @@ def _report(user: str, reply: list[Any]) -> UsageReport:
     return UsageReport(user, now, held, period(2), period(7))
 
 
+# A Cluster client fails a call outright when a node has no free connection, so a
+# big batch is settled a slice at a time.
+_CLUSTER_CALLS_AT_ONCE = 32
+
+
 class UsageLedger:
     """Reserves, settles and reports token usage (asyncio, for the gateway)."""
 
@@ -400,31 +405,58 @@ class UsageLedger:
         """Settle many users' charges: in one pipelined round trip on a single Redis,
         one call per user on a Cluster (whose users live in different slots)."""
         if len(batch) < 2 or isinstance(self._redis, redis.asyncio.RedisCluster):
-            await asyncio.gather(*(self.settle_many(u, c) for u, c in batch.items()))
+            users = list(batch)
+            for start in range(0, len(users), _CLUSTER_CALLS_AT_ONCE):
+                chunk = users[start : start + _CLUSTER_CALLS_AT_ONCE]
+                await asyncio.gather(*(self.settle_many(u, batch[u]) for u in chunk))
             return
+        failed: dict[str, BaseException] = {}
         try:
             async with asyncio.timeout(OPERATION_TIMEOUT_SECONDS):
-                try:
-                    await self._settle_pipelined(batch)
-                except NoScriptError:
-                    # Redis lost its scripts (a restart): load once, send again. No
-                    # charge of the batch ran, since every call failed the same way.
+                failed = await self._settle_pipelined(batch)
+                unscripted = {
+                    user: batch[user]
+                    for user, error in failed.items()
+                    if isinstance(error, NoScriptError)
+                }
+                if unscripted:
+                    # Redis lost its scripts (a restart): load the script and send
+                    # again only the charges that found none; the others ran.
                     await self._redis.script_load(_SETTLE_SCRIPT)
-                    await self._settle_pipelined(batch)
+                    failed = {
+                        **{u: e for u, e in failed.items() if u not in unscripted},
+                        **await self._settle_pipelined(unscripted),
+                    }
         except REDIS_ERRORS as exc:
             self._health.record_failure(exc)
             logger.warning("Could not record the token usage of %d users", len(batch))
             return
+        if failed:
+            self._health.record_failure(next(iter(failed.values())))
+            logger.warning("Could not record the token usage of %d users", len(failed))
+            return
         self._health.record_success()
 
-    async def _settle_pipelined(self, batch: dict[str, Charge]) -> None:
-        # EVALSHA itself: a script object in a pipeline first asks SCRIPT EXISTS,
-        # a second round trip for every batch.
+    async def _settle_pipelined(
+        self, batch: dict[str, Charge]
+    ) -> dict[str, BaseException]:
+        """One pipelined round trip; the users whose charge failed, with the error.
+
+        EVALSHA itself: a script object in a pipeline first asks SCRIPT EXISTS, a
+        second round trip for every batch.
+        """
+        users = list(batch)
         async with self._redis.pipeline(transaction=False) as pipe:
-            for user, charge in batch.items():
+            for user in users:
                 keys = list(usage_keys(user).values())
-                pipe.evalsha(self._settle.sha, len(keys), *keys, *_settle_args(charge))
-            await pipe.execute()
+                args = _settle_args(batch[user])
+                pipe.evalsha(self._settle.sha, len(keys), *keys, *args)
+            replies = await pipe.execute(raise_on_error=False)
+        return {
+            user: reply
+            for user, reply in zip(users, replies, strict=True)
+            if isinstance(reply, BaseException)
+        }
 
     async def settle_many(self, user: str, charge: Charge) -> bool:
         """Charge one user's requests and drop their holds in one call."""

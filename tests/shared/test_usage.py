@@ -12,6 +12,7 @@ from shared.errors import QuotaExceeded
 from shared.limits import Limits, RateLimiter, decision_error, user_keys
 from shared.redis import AsyncRedis, create_sync_redis
 from shared.usage import (
+    _SETTLE_SCRIPT,
     LEDGER_LUA,
     Budget,
     Charge,
@@ -341,3 +342,28 @@ async def test_usage_batch_survives_redis_losing_its_scripts(
     other = (await ledger.report("acct:other")).day
     assert (day.input_tokens, day.output_tokens, day.requests) == (3, 4, 2)
     assert (other.input_tokens, other.output_tokens, other.requests) == (5, 6, 2)
+
+
+async def test_usage_batch_charges_once_when_scripts_come_back_midway(
+    redis_client: AsyncRedis,
+) -> None:
+    """Another connection loads the script while a big batch is being run: calls
+    before it find no script, calls after it run; only the first are sent again."""
+    ledger = UsageLedger(redis_client)
+    for attempt in range(3):
+        await redis_client.script_flush()
+        users = [f"acct:batch{attempt}-{i}" for i in range(3000)]
+        loading = asyncio.Event()
+
+        async def load_concurrently(loading: asyncio.Event = loading) -> None:
+            while not loading.is_set():
+                await redis_client.script_load(_SETTLE_SCRIPT)
+                await asyncio.sleep(0)
+
+        loader = asyncio.create_task(load_concurrently())
+        await ledger.settle_batch({user: Charge(1, 0, 1) for user in users})
+        loading.set()
+        await loader
+
+        for user in users[::10]:
+            assert (await ledger.report(user)).day.requests == 1, user
