@@ -99,6 +99,7 @@ class Route:
 
 
 _ROUTE_CACHE_SIZE = 4096
+_CACHED_NAME_LENGTH = 256
 T = TypeVar("T")
 
 
@@ -124,13 +125,7 @@ class ProviderRegistry:
         PROVIDERS_FILE's before the built-in `claude-*`. Answers are remembered per
         model name (a bounded cache: routing runs several times per request).
         """
-        cache: dict[str, tuple[Provider, ModelConfig] | None] = self._route_cache
-        if model in cache:
-            return cache[model]
-        if len(cache) >= _ROUTE_CACHE_SIZE:
-            cache.clear()
-        cache[model] = answer = self._find_route(model)
-        return answer
+        return _remembered(self._route_cache, model, self._find_route)
 
     def _find_route(self, model: str) -> tuple[Provider, ModelConfig] | None:
         exact = [r for r in self.routes if not r.is_glob and r.matches(model)]
@@ -158,7 +153,10 @@ class ProviderRegistry:
 
 
 def _remembered(cache: dict[str, T], model: str, find: Callable[[str], T]) -> T:
-    """`find(model)`, remembered in a cache bounded to _ROUTE_CACHE_SIZE names."""
+    """`find(model)`, remembered in a cache bounded to _ROUTE_CACHE_SIZE names (and
+    only for names of a sensible length: a client chooses them)."""
+    if len(model) > _CACHED_NAME_LENGTH:
+        return find(model)
     if model in cache:
         return cache[model]
     if len(cache) >= _ROUTE_CACHE_SIZE:

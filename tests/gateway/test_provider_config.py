@@ -92,6 +92,16 @@ def test_model_config_answers_stay_right_past_the_cache_bound() -> None:
     assert registry.model_config("claude-opus-4-7") is configs[-1]
 
 
+def test_model_names_too_long_to_be_real_are_not_remembered() -> None:
+    registry = load_providers(None, _settings(), {})
+    long_name = "claude-" + "x" * 100_000
+
+    assert registry.model_config(long_name).name == "*"
+    assert registry.route(long_name) is not None
+    assert long_name not in registry._route_cache
+    assert long_name not in registry._config_cache
+
+
 @pytest.mark.parametrize(
     "example", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.name
 )
