@@ -85,19 +85,16 @@ def test_fake_stream_is_an_anthropic_stream(fake_url: str, model: str) -> None:
     assert message.usage.output_tokens == 4
 
 
-def test_median_figures_take_the_middle_round() -> None:
-    kinds = {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0}
+def test_median_figures_take_the_middle_round_whole() -> None:
     rounds = [
-        {"rps": r, "p50_ms": p, "errors": e, "error_kinds": {**kinds, "read": e}}
-        for r, p, e in [(1500.0, 30.0, 0), (2100.0, 22.5, 1), (1900.0, 25.0, 0)]
+        {"rps": r, "p50_ms": p, "errors": e}
+        for r, p, e in [(1500.0, 30.0, 0), (2100.0, 22.5, 1), (1900.0, 28.0, 0)]
     ]
 
     figures = loadgen.median_figures(rounds)
 
-    assert figures["rps"] == 1900.0
-    assert figures["p50_ms"] == 25.0
-    assert figures["errors"] == 1
-    assert figures["error_kinds"]["read"] == 1
+    assert (figures["rps"], figures["p50_ms"], figures["errors"]) == (1900.0, 28.0, 0)
+    assert figures["errors_all_rounds"] == 1
     assert figures["runs_rps"] == [1500.0, 2100.0, 1900.0]
 
 
@@ -150,3 +147,23 @@ async def test_round_trips_tells_admission_from_batched_settlement(
     assert counted["admission_round_trips_per_request"] == 1.0
     assert counted["sent"]["EVALSHA (settlement)"] == 2  # one pipelined batch
     assert counted["round_trips_per_request"] == round(5 / 3, 3), counted["sent"]
+
+
+@pytest.mark.parametrize(("settlements", "met"), [(4, True), (200, False)])
+def test_report_counts_batched_settlement_apart(settlements: int, met: bool) -> None:
+    row = {"c1": {"rps": 1.0, "p50_ms": 0.5}, "c50": {"rps": 2500.0}}
+    sent = {"EVALSHA (admission)": 200, "EVALSHA (settlement)": settlements}
+    trips = {
+        "admission_round_trips_per_request": 1.0,
+        "round_trips_per_request": (200 + settlements) / 200,
+        "sent": sent,
+        "seconds": 0.4,
+    }
+    result = {
+        "requests": {"openai": {"direct": row, "gateway": row}},
+        "redis": {"monitor": {"openai": trips}},
+    }
+
+    check = report.evaluate(result, "openai")["redis_round_trips"]
+
+    assert check["met"] is met
