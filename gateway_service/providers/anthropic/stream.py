@@ -69,14 +69,14 @@ class StreamTranslator:
         """Translate whatever complete events `data` completes."""
         if self._done:
             return b""
-        self._buffer += data
+        buffer = self._buffer + data
+        end = buffer.rfind(b"\n") + 1
+        self._buffer = buffer[end:]  # an incomplete last line waits for more
         out: list[bytes] = []
-        while not self._done:
-            line, newline, rest = self._buffer.partition(b"\n")
-            if not newline:
-                break
-            self._buffer = rest
+        for line in buffer[:end].split(b"\n")[:-1]:
             out.append(self._line(line.rstrip(b"\r")))
+            if self._done:
+                break
         return b"".join(out)
 
     def finish(self) -> bytes:
