@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Transform = Callable[[bytes], bytes]
+TRANSFORM_SLICE_BYTES = 4096
 
 
 async def until_disconnect(work: Awaitable[T], receive: Receive) -> T:
@@ -112,6 +113,13 @@ async def _pump(
     response: aiohttp.ClientResponse, send: Send, transform: Transform | None
 ) -> None:
     async for chunk in response.content.iter_any():
-        out = transform(chunk) if transform else chunk
-        if out:
-            await send({"type": "http.response.body", "body": out, "more_body": True})
+        if transform is None:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            continue
+        # A burst of many events arrives as one chunk: rewrite and send it a slice
+        # at a time, so the first events leave before the last ones are rewritten.
+        for start in range(0, len(chunk), TRANSFORM_SLICE_BYTES):
+            out = transform(chunk[start : start + TRANSFORM_SLICE_BYTES])
+            if out:
+                message = {"type": "http.response.body", "body": out, "more_body": True}
+                await send(message)

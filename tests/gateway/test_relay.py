@@ -4,11 +4,12 @@ the client leaves, without leaving a cancellation behind for what follows."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from gateway_service.relay import until_disconnect
+from gateway_service.relay import TRANSFORM_SLICE_BYTES, _pump, until_disconnect
 from shared.asgi import ClientDisconnected
 
 
@@ -147,3 +148,29 @@ async def test_until_disconnect_keeps_a_shutdown_that_meets_a_disconnect() -> No
 
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_burst_is_rewritten_and_sent_a_slice_at_a_time() -> None:
+    burst = b"".join(b'data: {"n": %d}\n\n' % i for i in range(2000))
+    seen: list[int] = []
+    sent: list[tuple[int, bytes]] = []
+
+    class Content:
+        async def iter_any(self) -> AsyncIterator[bytes]:
+            yield burst
+
+    class Response:
+        content = Content()
+
+    def transform(data: bytes) -> bytes:
+        seen.append(len(data))
+        return data.upper()
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append((len(seen), message["body"]))
+
+    await _pump(Response(), send, transform)  # type: ignore[arg-type]
+
+    assert sent[0][0] == 1  # the first slice left before the second was rewritten
+    assert max(seen) <= TRANSFORM_SLICE_BYTES and len(sent) > 1
+    assert b"".join(body for _, body in sent) == burst.upper()
