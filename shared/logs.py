@@ -101,6 +101,15 @@ def configure_logging(service: str, level: str, fmt: str) -> None:
     logging.getLogger("uvicorn.error").propagate = True
 
 
+# The last whole second formatted, and its text; one tuple, replaced whole, so threads
+# that log at the same time never see the text of another second.
+_second: list[tuple[int, str]] = [(-1, "")]
+
+
 def _iso_time(created: float) -> str:
-    millis = int(created * 1000) % 1000
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{millis:03d}Z"
+    whole = int(created)
+    cached, text = _second[0]
+    if cached != whole:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second[0] = (whole, text)
+    return f"{text}.{int(created * 1000) % 1000:03d}Z"
