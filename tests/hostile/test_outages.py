@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -139,3 +141,42 @@ def test_redis_outage_fails_closed_then_recovers(
     assert again.status_code == 200
     for process in (stack.gateway, stack.auth):
         assert "Traceback" not in process.logs()
+
+
+def test_a_redis_that_stops_answering_costs_a_request_about_a_second(
+    redis_stack: tuple[OwnStack, str], own_redis: RedisServer, dev_chain: DevChain
+) -> None:
+    """Redis accepts and reads but never answers (a frozen process): every path that
+    asks it gives up within its time and answers 503, and all recover by themselves."""
+    stack, _ = redis_stack
+    jws = dev_chain.sign_transaction(bundle_id=BUNDLE_ID)
+    token = httpx.post(stack.url + "/appstore", content=jws).json()["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    assert own_redis.process is not None
+
+    own_redis.process.send_signal(signal.SIGSTOP)
+    try:
+        answers = {}
+        for name, send in {
+            "chat": lambda: httpx.post(
+                stack.url + "/v1/chat/completions", json=CHAT, headers=auth, timeout=10
+            ),
+            "usage": lambda: httpx.get(
+                stack.url + "/v1/usage", headers=auth, timeout=10
+            ),
+            "login": lambda: httpx.post(
+                stack.url + "/appstore", content=jws, timeout=10
+            ),
+        }.items():
+            started = time.monotonic()
+            answers[name] = (send(), time.monotonic() - started)
+    finally:
+        own_redis.process.send_signal(signal.SIGCONT)
+
+    for name, (answer, seconds) in answers.items():
+        assert answer.status_code == 503, (name, answer.text)
+        assert answer.json()["error"]["code"] == "unavailable", name
+        assert seconds < 3, (name, seconds)
+    assert poll(lambda: httpx.get(stack.url + "/readyz").status_code == 200, 10)
+    again = httpx.post(stack.url + "/v1/chat/completions", json=CHAT, headers=auth)
+    assert again.status_code == 200
