@@ -57,9 +57,13 @@ async def _calls(client: AsyncRedis) -> int:
     return sum(v["calls"] for k, v in stats.items() if k not in skipped)
 
 
-async def _measure(limiter: RateLimiter, checks: int) -> list[float]:
+async def _measure(
+    limiter: RateLimiter, checks: int, idle_ms: float = 0
+) -> list[float]:
     timings = []
     for i in range(checks):
+        if idle_ms:
+            await asyncio.sleep(idle_ms / 1000)
         started = time.perf_counter()
         await limiter.check(f"acct:bench-{i % 100}", limits=LIMITS, otid="1")
         timings.append((time.perf_counter() - started) * 1000)
@@ -68,17 +72,22 @@ async def _measure(limiter: RateLimiter, checks: int) -> list[float]:
 
 async def limiter_latency(url: str, checks: int = 500) -> dict[str, float]:
     """p50/p99 (ms) of one limiter check against the server at `url`, from a client
-    of its own (the gateway's own calls are measured the same way)."""
+    of its own (the gateway's own calls are measured the same way): back to back, and
+    after 2 ms of quiet, as between the requests of one connection, when the client
+    and Redis were asleep and must be woken (cheap on bare metal, not on every VM)."""
     client = create_redis(url, cluster=False)
     try:
         limiter = RateLimiter(client, enabled=True)
         await limiter.check("acct:warmup", limits=LIMITS, otid="1")
         timings = await _measure(limiter, checks)
+        after_idle = await _measure(limiter, checks // 2, idle_ms=2)
     finally:
         await client.aclose()
     return {
         "p50_ms": round(statistics.median(timings), 3),
         "p99_ms": round(_percentile(timings, 0.99), 3),
+        "after_idle_p50_ms": round(statistics.median(after_idle), 3),
+        "after_idle_p99_ms": round(_percentile(after_idle, 0.99), 3),
     }
 
 

@@ -160,7 +160,8 @@ def extras(result: dict[str, Any]) -> str:
             lines.append(
                 f"- {suite}: one limiter check p50 {limiter['p50_ms']} ms (p99 "
                 f"{limiter['p99_ms']} ms), {100 * limiter['p50_ms'] / p50:.0f} % of "
-                f"the gateway's p50 at c1 ({p50} ms)"
+                f"the gateway's p50 at c1 ({p50} ms); after 2 ms of quiet p50 "
+                f"{limiter.get('after_idle_p50_ms', '-')} ms"
             )
     for name, c in result.get("clients", {}).items():
         lines.append(
