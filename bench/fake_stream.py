@@ -49,18 +49,8 @@ def _chunk(data: bytes) -> bytes:
 
 
 def _openai_event(delta: dict[str, object], finish: str | None = None) -> bytes:
-    body = {
-        "id": _OPENAI_ID,
-        "object": "chat.completion.chunk",
-        "created": 1767225600,
-        "model": "gpt-4o-mini",
-        "service_tier": "default",
-        "system_fingerprint": None,
-        "choices": [
-            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        ],
-    }
-    return b"data: " + orjson.dumps(body) + b"\n\n"
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    return _openai_chunk_line([choice])
 
 
 def _openai_usage_event(completion_tokens: int) -> bytes:
@@ -77,6 +67,10 @@ def _openai_usage_event(completion_tokens: int) -> bytes:
             "rejected_prediction_tokens": 0,
         },
     }
+    return _openai_chunk_line([], usage=usage)
+
+
+def _openai_chunk_line(choices: list[object], **extra: object) -> bytes:
     body = {
         "id": _OPENAI_ID,
         "object": "chat.completion.chunk",
@@ -84,8 +78,8 @@ def _openai_usage_event(completion_tokens: int) -> bytes:
         "model": "gpt-4o-mini",
         "service_tier": "default",
         "system_fingerprint": None,
-        "choices": [],
-        "usage": usage,
+        "choices": choices,
+        **extra,
     }
     return b"data: " + orjson.dumps(body) + b"\n\n"
 
