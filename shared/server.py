@@ -5,6 +5,7 @@ graceful drain on SIGTERM (not ready at once, in-flight requests finish, then ex
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.util
 import logging
 import sys
@@ -18,6 +19,12 @@ from shared.metrics import serve_metrics
 from shared.settings import Settings, SettingsError, load_settings
 
 logger = logging.getLogger(__name__)
+
+# Container allocations between two collections of the youngest generation (Python's
+# default is 700). Measured under load in one gateway worker: with the default and
+# the start-up objects unfrozen, collections took about 85 µs of every request;
+# frozen and at this threshold, about 4 µs (README "Performance").
+GC_YOUNG_THRESHOLD = 10_000
 
 
 class Drainable(Protocol):
@@ -94,8 +101,20 @@ def run_service(
         timeout_keep_alive=75,
         timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
     )
+    tune_gc()
     logger.info("%s listening on http://%s:%d", service, host, port)
     _DrainingServer(config, drainable).run()
+
+
+def tune_gc() -> None:
+    """Keep what start-up built (modules, settings, certificates, the app) out of every
+    later collection, and collect young objects less often: a request makes and drops
+    a few thousand of them, and the default threshold collected several times per
+    request's worth."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def _installed(module: str) -> bool:
