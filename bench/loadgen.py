@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,17 @@ def median_figures(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     out["runs_rps"] = [r["rps"] for r in rounds]
     out["errors_all_rounds"] = sum(r["errors"] for r in rounds)
     return out
+
+
+def gc_collections(metrics_port: int) -> dict[str, float]:
+    """Garbage collections so far per generation, from the process's /metrics."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        text = answer.read().decode()
+    found = re.findall(
+        r'^python_gc_collections_total\{generation="(\d)"\} ([0-9.e+]+)$', text, re.M
+    )
+    return {generation: float(count) for generation, count in found}
 
 
 def cpu_seconds(pid: int) -> float:

@@ -130,6 +130,14 @@ def extras(result: dict[str, Any]) -> str:
     """Memory, Redis and HTTP client figures, and the targets."""
     lines = []
     for suite, rows in result["requests"].items():
+        gateway = rows["gateway"]["c50"]
+        if "gateway_cpu_us_per_request" in gateway:
+            cpu = gateway["gateway_cpu_us_per_request"]
+            lines.append(
+                f"- {suite}: gateway CPU {cpu} µs per request at c50; garbage "
+                f"collections per 1,000 requests by generation "
+                f"{gateway.get('gc_collections_per_1000_requests')}"
+            )
         spread = rows["gateway"]["c50"].get("runs_rps")
         if spread:
             lines.append(

@@ -127,11 +127,17 @@ def _one_wrk_run(
     _quiet_redis(stack.redis_client)
     before = server_commands(stack.redis_client)
     cpu_before = loadgen.cpu_seconds(stack.gateway_pid)
+    gc_before = loadgen.gc_collections(stack.gateway_metrics_port)
     figures = loadgen.wrk(target, connections, seconds, tokens)
     requests = max(figures["requests"], 1)
     if target.name == "gateway":
         cpu = loadgen.cpu_seconds(stack.gateway_pid) - cpu_before
         figures["gateway_cpu_us_per_request"] = round(1e6 * cpu / requests, 1)
+        gc_after = loadgen.gc_collections(stack.gateway_metrics_port)
+        figures["gc_collections_per_1000_requests"] = {
+            generation: round(1000 * (gc_after[generation] - before) / requests, 2)
+            for generation, before in gc_before.items()
+        }
     per_request = (server_commands(stack.redis_client) - before) / requests
     return figures, round(per_request, 2)
 

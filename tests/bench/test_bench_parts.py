@@ -3,6 +3,7 @@ here by the official SDKs), and a report of several rounds shows their median.""
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 import anthropic
 import openai
 import pytest
+from prometheus_client import start_http_server
 
 from bench import loadgen, report
 from bench.redis_count import round_trips
@@ -167,3 +169,19 @@ def test_report_counts_batched_settlement_apart(settlements: int, met: bool) -> 
     check = report.evaluate(result, "openai")["redis_round_trips"]
 
     assert check["met"] is met
+
+
+def test_gc_collections_are_read_from_a_metrics_port() -> None:
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1")
+    try:
+        before = loadgen.gc_collections(port)
+        gc.collect()
+        after = loadgen.gc_collections(port)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    assert set(before) == {"0", "1", "2"}
+    assert after["2"] == before["2"] + 1
