@@ -93,7 +93,7 @@ async def relay_body(
     if streaming:
         metrics.ACTIVE_STREAMS.inc()
     try:
-        await _pump(response, send, transform)
+        await _pump(response, send, transform, sliced=streaming)
     except (TimeoutError, aiohttp.ClientError) as exc:
         metrics.UPSTREAM_ERRORS.labels("relay", "broken_stream").inc()
         logger.warning("Upstream answer broke off midway: %s", type(exc).__name__)
@@ -110,7 +110,11 @@ async def relay_body(
 
 
 async def _pump(
-    response: aiohttp.ClientResponse, send: Send, transform: Transform | None
+    response: aiohttp.ClientResponse,
+    send: Send,
+    transform: Transform | None,
+    *,
+    sliced: bool,
 ) -> None:
     async for chunk in response.content.iter_any():
         if transform is None:
@@ -118,8 +122,10 @@ async def _pump(
             continue
         # A burst of many events arrives as one chunk: rewrite and send it a slice
         # at a time, so the first events leave before the last ones are rewritten.
-        for start in range(0, len(chunk), TRANSFORM_SLICE_BYTES):
-            out = transform(chunk[start : start + TRANSFORM_SLICE_BYTES])
+        # (A JSON answer is not read until it is whole: it keeps its big writes.)
+        step = TRANSFORM_SLICE_BYTES if sliced else max(len(chunk), 1)
+        for start in range(0, len(chunk), step):
+            out = transform(chunk[start : start + step])
             if out:
                 message = {"type": "http.response.body", "body": out, "more_body": True}
                 await send(message)

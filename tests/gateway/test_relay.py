@@ -169,8 +169,15 @@ async def test_a_burst_is_rewritten_and_sent_a_slice_at_a_time() -> None:
     async def send(message: dict[str, Any]) -> None:
         sent.append((len(seen), message["body"]))
 
-    await _pump(Response(), send, transform)  # type: ignore[arg-type]
+    await _pump(Response(), send, transform, sliced=True)  # type: ignore[arg-type]
 
     assert sent[0][0] == 1  # the first slice left before the second was rewritten
     assert max(seen) <= TRANSFORM_SLICE_BYTES and len(sent) > 1
     assert b"".join(body for _, body in sent) == burst.upper()
+
+    seen.clear()
+    sent.clear()
+    await _pump(Response(), send, transform, sliced=False)  # type: ignore[arg-type]
+
+    assert seen == [len(burst)]  # a JSON answer keeps its one big write
+    assert [body for _, body in sent] == [burst.upper()]
