@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import orjson
 
-from gateway_service import metering
 from gateway_service.providers import anthropic
 from gateway_service.providers.config import ModelConfig, Provider
 from gateway_service.relay import is_event_stream, relay_body
@@ -86,10 +85,17 @@ async def relay_translated(
     if is_event_stream(response):
         translator = anthropic.StreamTranslator(outbound.include_usage, created)
         transform: Callable[[bytes], bytes] = translator.feed
-        if outbound.meter is not None:
-            outbound.meter.started = True
-            scanner = metering.StreamScanner(outbound.meter, drop_usage_chunk=False)
-            transform = lambda chunk: translator.feed(scanner.feed(chunk))  # noqa: E731
+        meter = outbound.meter
+        if meter is not None:
+            meter.started = meter.streaming = True
+
+            def transform(chunk: bytes) -> bytes:
+                # The translator parses every event: the meter reads its counts.
+                out = translator.feed(chunk)
+                meter.record(translator.reported_usage, final=translator.final_usage)
+                meter.deltas = translator.content_deltas
+                return out
+
         start = {"type": "http.response.start", "status": 200}
         await send({**start, "headers": _SSE_HEADERS + extra_headers})
         await relay_body(

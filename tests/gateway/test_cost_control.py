@@ -267,6 +267,27 @@ def test_cost_cancelled_anthropic_stream_charges_what_was_produced(
     assert _charged(cost, token) == (10, 2)
 
 
+def test_cost_cancelled_translated_claude_stream_charges_what_was_produced(
+    cost: Stack,
+) -> None:
+    token = cost.login()
+    gate = threading.Event()
+    events = text_stream_events(["one", " two", " three", " four"])
+    cost.anthropic.script_stream([*events[:5], gate, *events[5:]])
+    raw = orjson.dumps(
+        {
+            "model": "claude-sonnet-4-6",
+            "max_tokens": 100,
+            "stream": True,
+            "messages": [{"role": "user", "content": "Count."}],
+        }
+    )
+    _read_then_leave(cost, token, "/v1/chat/completions", raw, "two")
+    assert cost.anthropic.disconnected.wait(10)
+    gate.set()
+    assert _charged(cost, token) == (10, 2)
+
+
 # -------------------------------------------------------------------- budgets
 
 

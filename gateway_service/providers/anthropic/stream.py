@@ -41,6 +41,8 @@ class StreamTranslator:
         self._stop_reason: str | None = None
         self._finished = False
         self._usage: dict[str, Any] = {}
+        self.content_deltas = 0  # content_block_delta events seen (for metering)
+        self.final_usage = False  # a message_delta carried usage: the counts are final
         self._done = False
         self._failed = False
 
@@ -53,6 +55,11 @@ class StreamTranslator:
     def failed(self) -> bool:
         """True when the stream ended with an error line instead of [DONE]."""
         return self._failed
+
+    @property
+    def reported_usage(self) -> dict[str, Any]:
+        """Only the usage Anthropic reported so far (empty before message_start)."""
+        return self._usage
 
     @property
     def usage(self) -> dict[str, int]:
@@ -159,6 +166,7 @@ class StreamTranslator:
         return self._start() + self._chunk({"tool_calls": [call]})
 
     def _on_block_delta(self, payload: dict[str, Any]) -> bytes:
+        self.content_deltas += 1
         delta = payload.get("delta") or {}
         if delta.get("type") == "text_delta" and delta.get("text"):
             return self._start() + self._chunk({"content": delta["text"]})
@@ -182,7 +190,9 @@ class StreamTranslator:
         )
 
     def _on_message_delta(self, payload: dict[str, Any]) -> bytes:
-        self._merge_usage(payload.get("usage") or {})
+        if payload.get("usage"):
+            self._merge_usage(payload["usage"])
+            self.final_usage = True
         stop_reason = (payload.get("delta") or {}).get("stop_reason")
         if stop_reason is None:
             return b""
