@@ -245,8 +245,11 @@ def test_cost_cancelled_openai_stream_charges_what_was_produced(cost: Stack) -> 
     assert _charged(cost, token) == (math.ceil(size / 4), 3)
 
 
+@pytest.mark.parametrize(
+    "path", ["/v1/messages", "/v1/chat/completions"], ids=["native", "translated"]
+)
 def test_cost_cancelled_anthropic_stream_charges_what_was_produced(
-    cost: Stack,
+    cost: Stack, path: str
 ) -> None:
     token = cost.login()
     gate = threading.Event()
@@ -261,28 +264,7 @@ def test_cost_cancelled_anthropic_stream_charges_what_was_produced(
             "messages": [{"role": "user", "content": "Count."}],
         }
     )
-    _read_then_leave(cost, token, "/v1/messages", raw, "two")
-    assert cost.anthropic.disconnected.wait(10)
-    gate.set()
-    assert _charged(cost, token) == (10, 2)
-
-
-def test_cost_cancelled_translated_claude_stream_charges_what_was_produced(
-    cost: Stack,
-) -> None:
-    token = cost.login()
-    gate = threading.Event()
-    events = text_stream_events(["one", " two", " three", " four"])
-    cost.anthropic.script_stream([*events[:5], gate, *events[5:]])
-    raw = orjson.dumps(
-        {
-            "model": "claude-sonnet-4-6",
-            "max_tokens": 100,
-            "stream": True,
-            "messages": [{"role": "user", "content": "Count."}],
-        }
-    )
-    _read_then_leave(cost, token, "/v1/chat/completions", raw, "two")
+    _read_then_leave(cost, token, path, raw, "two")
     assert cost.anthropic.disconnected.wait(10)
     gate.set()
     assert _charged(cost, token) == (10, 2)
