@@ -31,6 +31,7 @@ from shared.redis import (
     OPERATION_TIMEOUT_SECONDS,
     REDIS_ERRORS,
     AsyncRedis,
+    CoalescedScript,
     RedisHealth,
     ready,
     unavailable_on_failure,
@@ -271,7 +272,7 @@ class RateLimiter:
         self._enabled = enabled
         self._health = health or RedisHealth()
         self._fail_open = fail_open
-        self._check = redis.register_script(_CHECK_SCRIPT)
+        self._check = CoalescedScript(redis, _CHECK_SCRIPT)
         self._give_back = redis.register_script(_GIVE_BACK_SCRIPT)
         self._reserve = redis.register_script(RESERVE_SCRIPT)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,8 +17,9 @@ import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.connection import HiredisRespSerializer
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.retry import Retry
 
@@ -121,6 +122,116 @@ async def ready(client: AsyncRedis) -> None:
     """
     if isinstance(client, redis.asyncio.RedisCluster):
         await client.initialize()
+
+
+# One call of a Lua script: its KEYS and its ARGV.
+ScriptCall = tuple[Sequence[Any], Sequence[Any]]
+
+
+async def run_pipelined(
+    client: redis.asyncio.Redis, script: AsyncScript, calls: Sequence[ScriptCall]
+) -> list[Any]:
+    """Run many calls of one script in one pipelined round trip (a single Redis, not a
+    Cluster); each call's reply, or the error it met, in order.
+
+    EVALSHA itself: a script object in a pipeline first asks SCRIPT EXISTS, a second
+    round trip every time. When Redis has lost its scripts (a restart), the script is
+    loaded and only the calls that found none are sent again; the others have run.
+    A failure of the connection itself raises.
+    """
+    replies = await _evalsha_pipeline(client, script.sha, calls)
+    unscripted = [
+        at for at, reply in enumerate(replies) if isinstance(reply, NoScriptError)
+    ]
+    if unscripted:
+        await client.script_load(script.script)
+        resent = [calls[at] for at in unscripted]
+        again = await _evalsha_pipeline(client, script.sha, resent)
+        for at, reply in zip(unscripted, again, strict=True):
+            replies[at] = reply
+    return replies
+
+
+async def _evalsha_pipeline(
+    client: redis.asyncio.Redis, sha: str, calls: Sequence[ScriptCall]
+) -> list[Any]:
+    async with client.pipeline(transaction=False) as pipe:
+        for keys, args in calls:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+
+class CoalescedScript:
+    """A Lua script whose concurrent calls share round trips.
+
+    A call made while none of this script's round trips is under way leaves at once,
+    alone, so a quiet gateway pays nothing for this. The calls made while one is under
+    way collect during the current turn of the event loop and leave together at its
+    end, in one pipeline; each caller gets its own reply or error. Under load the
+    gateway's admission checks then cost Redis and the gateway a fraction of a round
+    trip each. Each call is still its own atomic script run. A call whose caller gave
+    up before it left is not sent. On a Cluster, whose users live on different nodes,
+    every call goes alone.
+    """
+
+    def __init__(self, client: AsyncRedis, source: str) -> None:
+        self._client = client
+        self._script = client.register_script(source)
+        self._coalesce = not isinstance(client, redis.asyncio.RedisCluster)
+        self._pending: list[tuple[ScriptCall, asyncio.Future[Any]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
+        self._under_way = 0  # round trips of this script not yet answered
+
+    async def __call__(self, *, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        if not self._coalesce:
+            return await self._script(keys=keys, args=args)
+        if not self._under_way:
+            self._under_way += 1
+            try:
+                return await self._script(keys=keys, args=args)
+            finally:
+                self._under_way -= 1
+        loop = asyncio.get_running_loop()
+        if not self._pending:
+            loop.call_soon(self._send_pending)
+        reply: asyncio.Future[Any] = loop.create_future()
+        self._pending.append(((keys, args), reply))
+        return await reply
+
+    def _send_pending(self) -> None:
+        batch = [(call, reply) for call, reply in self._pending if not reply.done()]
+        self._pending = []
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[ScriptCall, asyncio.Future[Any]]]) -> None:
+        calls = [call for call, _ in batch]
+        self._under_way += 1
+        try:
+            async with asyncio.timeout(OPERATION_TIMEOUT_SECONDS):
+                if len(calls) == 1:
+                    keys, args = calls[0]
+                    replies = [await self._script(keys=keys, args=args)]
+                else:
+                    assert isinstance(self._client, redis.asyncio.Redis)
+                    replies = await run_pipelined(self._client, self._script, calls)
+        except asyncio.CancelledError:
+            for _, reply in batch:
+                reply.cancel()
+            raise
+        except Exception as exc:  # the callers handle it as they would their own
+            replies = [exc] * len(batch)
+        finally:
+            self._under_way -= 1
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue
+            if isinstance(reply, BaseException):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
 
 
 class RedisHealth:

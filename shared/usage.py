@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio
-from redis.exceptions import NoScriptError
 
 from shared.errors import Unavailable
 from shared.redis import (
@@ -35,6 +34,7 @@ from shared.redis import (
     RedisHealth,
     SyncRedis,
     ready,
+    run_pipelined,
 )
 
 logger = logging.getLogger(__name__)
@@ -410,53 +410,23 @@ class UsageLedger:
                 chunk = users[start : start + _CLUSTER_CALLS_AT_ONCE]
                 await asyncio.gather(*(self.settle_many(u, batch[u]) for u in chunk))
             return
-        failed: dict[str, BaseException] = {}
+        calls = [
+            (list(usage_keys(user).values()), _settle_args(charge))
+            for user, charge in batch.items()
+        ]
         try:
             async with asyncio.timeout(OPERATION_TIMEOUT_SECONDS):
-                failed = await self._settle_pipelined(batch)
-                unscripted = {
-                    user: batch[user]
-                    for user, error in failed.items()
-                    if isinstance(error, NoScriptError)
-                }
-                if unscripted:
-                    # Redis lost its scripts (a restart): load the script and send
-                    # again only the charges that found none; the others ran.
-                    await self._redis.script_load(_SETTLE_SCRIPT)
-                    failed = {
-                        **{u: e for u, e in failed.items() if u not in unscripted},
-                        **await self._settle_pipelined(unscripted),
-                    }
+                replies = await run_pipelined(self._redis, self._settle, calls)
         except REDIS_ERRORS as exc:
             self._health.record_failure(exc)
             logger.warning("Could not record the token usage of %d users", len(batch))
             return
+        failed = [reply for reply in replies if isinstance(reply, BaseException)]
         if failed:
-            self._health.record_failure(next(iter(failed.values())))
+            self._health.record_failure(failed[0])
             logger.warning("Could not record the token usage of %d users", len(failed))
             return
         self._health.record_success()
-
-    async def _settle_pipelined(
-        self, batch: dict[str, Charge]
-    ) -> dict[str, BaseException]:
-        """One pipelined round trip; the users whose charge failed, with the error.
-
-        EVALSHA itself: a script object in a pipeline first asks SCRIPT EXISTS, a
-        second round trip for every batch.
-        """
-        users = list(batch)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for user in users:
-                keys = list(usage_keys(user).values())
-                args = _settle_args(batch[user])
-                pipe.evalsha(self._settle.sha, len(keys), *keys, *args)
-            replies = await pipe.execute(raise_on_error=False)
-        return {
-            user: reply
-            for user, reply in zip(users, replies, strict=True)
-            if isinstance(reply, BaseException)
-        }
 
     async def settle_many(self, user: str, charge: Charge) -> bool:
         """Charge one user's requests and drop their holds in one call."""
