@@ -105,12 +105,14 @@ class Cluster:
         self.nginx = NginxProcess(nginx, self.tmp / "nginx", ports)
         self.nginx.start()
 
-    def restart_gateway(self, gateway: ServiceProcess) -> int | None:
+    def restart_gateway(self, gateway: ServiceProcess) -> tuple[int | None, str]:
         """SIGTERM one replica, wait for it to exit, start it again on the same port
-        and wait until it is ready; returns its exit status."""
+        and wait until it is ready; returns its exit status and the end of its log
+        as it stopped (to tell why, when it did not stop cleanly)."""
         code = gateway.stop(signal.SIGTERM)
+        tail = gateway.log_path.read_text(errors="replace").splitlines()[-20:]
         gateway.start(ready_path="/readyz")
-        return code
+        return code, "\n".join(tail)
 
     def metric(self, gateway: ServiceProcess, name: str) -> float:
         """The value of an unlabelled series on a replica's own metrics port."""
