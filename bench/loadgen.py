@@ -1,5 +1,5 @@
-"""Load generators for `make bench`: wrk for request rates and latency percentiles,
-and a small aiohttp client for stream timings and many open streams.
+"""Load generators for `make bench`: wrk for request rates and latency percentiles, a
+raw-socket client for stream timings, and aiohttp for many open streams.
 """
 
 from __future__ import annotations
@@ -9,16 +9,19 @@ import json
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httptools
 import orjson
 
 BENCH = Path(__file__).resolve().parent
@@ -131,21 +134,64 @@ class StreamTiming:
     delays_ms: list[float]
 
 
-async def _one_stream(
-    session: aiohttp.ClientSession,
-    target: Target,
-    headers: dict[str, str],
-) -> StreamTiming:
+class _StreamReader:
+    """Reads answers off one keep-alive socket with httptools' parser (the C parser
+    uvicorn uses), noting when each read arrived: a client with almost no cost of its
+    own, like wrk, so the time measured is the server's."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._sock = socket.create_connection((host, port), timeout=30)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def exchange(self, request: bytes) -> tuple[int, int, list[tuple[int, bytes]]]:
+        """Send one request; (status, send time, [(arrival ns, body bytes), ...])."""
+        state: dict[str, Any] = {"done": False, "body": b""}
+        parser = httptools.HttpResponseParser(_Callbacks(state))
+        arrivals: list[tuple[int, bytes]] = []
+        started = time.monotonic_ns()
+        self._sock.sendall(request)
+        while not state["done"]:
+            data = self._sock.recv(1 << 20)
+            arrived = time.monotonic_ns()
+            if not data:
+                raise ConnectionError("the server closed the connection")
+            state["body"] = b""
+            parser.feed_data(data)
+            if state["body"]:
+                arrivals.append((arrived, state["body"]))
+        return parser.get_status_code(), started, arrivals
+
+
+class _Callbacks:
+    def __init__(self, state: dict[str, Any]) -> None:
+        self._state = state
+
+    def on_body(self, body: bytes) -> None:
+        self._state["body"] += body
+
+    def on_message_complete(self) -> None:
+        self._state["done"] = True
+
+
+def _request_bytes(target: Target, headers: dict[str, str]) -> tuple[str, int, bytes]:
+    url = urllib.parse.urlsplit(target.url)
     body = orjson.dumps(target.body)
-    arrivals: list[tuple[int, bytes]] = []
-    started = time.monotonic_ns()
-    async with session.post(target.url, data=body, headers=headers) as response:
-        if response.status != 200:
-            text = await response.text()
-            raise RuntimeError(f"{target.name}: {response.status} {text[:300]}")
-        async for chunk in response.content.iter_any():
-            arrivals.append((time.monotonic_ns(), chunk))
+    lines = [f"POST {url.path} HTTP/1.1", f"Host: {url.netloc}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines.append(f"Content-Length: {len(body)}")
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    return url.hostname or "127.0.0.1", url.port or 80, head + body
+
+
+def _one_stream(reader: _StreamReader, request: bytes, name: str) -> StreamTiming:
+    status, started, arrivals = reader.exchange(request)
     ended = time.monotonic_ns()
+    if status != 200:
+        body = b"".join(chunk for _, chunk in arrivals)
+        raise RuntimeError(f"{name}: {status} {body[:300]!r}")
     delays = [
         (arrived - int(stamp)) / 1e6
         for arrived, chunk in arrivals
@@ -167,26 +213,30 @@ def _headers(target: Target, token: str) -> dict[str, str]:
     return headers
 
 
-async def stream_timings(
+def stream_timings(
     target: Target, token: str, *, runs: int, paced_runs: int, interval_ms: int
 ) -> dict[str, Any]:
     """Back-to-back 200-event streams written at once (TTFB, total) and paced ones,
-    written event by event like a model's answer (TTFB, per-event delay)."""
-    connector = aiohttp.TCPConnector(limit=1)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        headers = _headers(target, token)
-        burst_target = target.steered(f"-n{EVENTS}")
-        paced_target = target.steered(f"-n{EVENTS}-i{interval_ms}")
-        await _one_stream(session, burst_target, headers)  # warm-up
-        burst = [await _one_stream(session, burst_target, headers) for _ in range(runs)]
+    written event by event like a model's answer (TTFB, per-event delay). TTFB is
+    the first byte of the body (the first event), as a client's SDK sees it."""
+    headers = _headers(target, token)
+    host, port, burst = _request_bytes(target.steered(f"-n{EVENTS}"), headers)
+    paced_target = target.steered(f"-n{EVENTS}-i{interval_ms}")
+    paced_request = _request_bytes(paced_target, headers)[2]
+    reader = _StreamReader(host, port)
+    try:
+        _one_stream(reader, burst, target.name)  # warm-up
+        bursts = [_one_stream(reader, burst, target.name) for _ in range(runs)]
         paced = [
-            await _one_stream(session, paced_target, headers) for _ in range(paced_runs)
+            _one_stream(reader, paced_request, target.name) for _ in range(paced_runs)
         ]
+    finally:
+        reader.close()
     delays = sorted(d for timing in paced for d in timing.delays_ms)
     return {
-        "ttfb_p50_ms": round(statistics.median(t.ttfb_ms for t in burst), 3),
-        "total_p50_ms": round(statistics.median(t.total_ms for t in burst), 3),
-        "events": burst[0].events,
+        "ttfb_p50_ms": round(statistics.median(t.ttfb_ms for t in bursts), 3),
+        "total_p50_ms": round(statistics.median(t.total_ms for t in bursts), 3),
+        "events": bursts[0].events,
         "paced_interval_ms": interval_ms,
         "paced_ttfb_p50_ms": round(statistics.median(t.ttfb_ms for t in paced), 3),
         "paced_total_p50_ms": round(statistics.median(t.total_ms for t in paced), 1),

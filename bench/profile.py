@@ -1,7 +1,8 @@
 """Where one gateway worker spends its time under load: py-spy samples the gateway while
-wrk drives it at 50 connections, then the stacks are summed per function.
+wrk drives it, then the stacks are summed per function.
 
     .venv/bin/python -m bench.profile [--suite openai|claude] [--seconds 10]
+                                      [--connections 50]
 
 Prints the functions with the most samples on top of the stack (self) and anywhere
 on it (inclusive), as shares of the event loop thread's non-idle samples; writes the
@@ -63,6 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--suite", choices=("openai", "claude"), default="openai")
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--out", default="bench/results/profile")
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -73,7 +75,7 @@ def main() -> None:
             stack.start()
             tokens = stack.mint_tokens(TOKENS)
             target = request_targets(stack)[args.suite]["gateway"]
-            loadgen.wrk(target, 50, 2, tokens)  # warm-up
+            loadgen.wrk(target, args.connections, 2, tokens)  # warm-up
             raw = Path(f"{args.out}-{args.suite}.txt")
             raw.parent.mkdir(parents=True, exist_ok=True)
             spy = subprocess.Popen(
@@ -83,11 +85,12 @@ def main() -> None:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip
-            figures = loadgen.wrk(target, 50, args.seconds, tokens)
+            figures = loadgen.wrk(target, args.connections, args.seconds, tokens)
             spy.wait(args.seconds + 30)
         finally:
             stack.stop()
-    print(f"{args.suite} gateway under py-spy: {figures['rps']:.0f} req/s at c50")
+    rps, connections = figures["rps"], args.connections
+    print(f"{args.suite} gateway under py-spy: {rps:.0f} req/s at c{connections}")
     print(summarize(raw.read_text()))
 
 

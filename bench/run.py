@@ -203,10 +203,8 @@ def measure_streams(stack: Stack, tokens: list[str]) -> dict[str, Any]:
     for suite, targets in stream_targets(stack).items():
         results[suite] = {}
         for name, target in targets.items():
-            figures = asyncio.run(
-                loadgen.stream_timings(
-                    target, tokens[0], runs=50, paced_runs=10, interval_ms=2
-                )
+            figures = loadgen.stream_timings(
+                target, tokens[0], runs=50, paced_runs=20, interval_ms=2
             )
             results[suite][name] = figures
             print(

@@ -20,6 +20,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
+import orjson
+
 logger = logging.getLogger(__name__)
 
 UsageShape = Literal["openai", "anthropic"]
@@ -143,8 +145,8 @@ class StreamScanner:
 
     def _on_usage(self, data: bytes) -> bool:
         try:
-            payload = json.loads(data)
-        except ValueError:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
             logger.warning("Unreadable usage line in a provider stream")
             return True
         if not isinstance(payload, dict):

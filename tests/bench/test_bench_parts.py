@@ -87,6 +87,25 @@ def test_fake_stream_is_an_anthropic_stream(fake_url: str, model: str) -> None:
     assert message.usage.output_tokens == 4
 
 
+def test_stream_timings_read_every_event_of_every_answer(fake_url: str) -> None:
+    target = loadgen.Target(
+        "direct",
+        fake_url + "/v1/chat/completions",
+        {"model": "gpt-bench", "messages": [], "stream": True},
+    )
+
+    figures = loadgen.stream_timings(
+        target, "unused", runs=3, paced_runs=2, interval_ms=1
+    )
+
+    assert figures["events"] == loadgen.EVENTS
+    assert figures["paced_events_per_stream"] == loadgen.EVENTS
+    # Paced events arrive one read each (plus the opening and the closing).
+    assert figures["paced_reads_per_stream"] >= loadgen.EVENTS
+    assert 0 < figures["ttfb_p50_ms"] <= figures["total_p50_ms"]
+    assert figures["paced_total_p50_ms"] >= loadgen.EVENTS * 1
+
+
 def test_median_figures_take_the_middle_round_whole() -> None:
     rounds = [
         {"rps": r, "p50_ms": p, "errors": e}
