@@ -116,16 +116,31 @@ async def _pump(
     *,
     sliced: bool,
 ) -> None:
-    async for chunk in response.content.iter_any():
-        if transform is None:
+    reader = response.content
+    # A stream's first event leaves on its own: when a burst of events came in one
+    # read, taking all of them at once first joins every HTTP chunk of the burst
+    # (about 1 µs each in aiohttp), and the first event would wait for that.
+    # (A JSON answer is not read until it is whole: it keeps its big writes.)
+    step = TRANSFORM_SLICE_BYTES if sliced else 0
+    if sliced:
+        first, _ = await reader.readchunk()
+        await _send_body(first, send, transform, step)
+    async for chunk in reader.iter_any():
+        await _send_body(chunk, send, transform, step)
+
+
+async def _send_body(
+    chunk: bytes, send: Send, transform: Transform | None, step: int
+) -> None:
+    """Send one read of the provider's body, rewritten by `transform` if given, and a
+    slice of `step` bytes at a time (0: whole), so that the first events of a burst
+    leave before the last ones are rewritten."""
+    if transform is None:
+        if chunk:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            continue
-        # A burst of many events arrives as one chunk: rewrite and send it a slice
-        # at a time, so the first events leave before the last ones are rewritten.
-        # (A JSON answer is not read until it is whole: it keeps its big writes.)
-        step = TRANSFORM_SLICE_BYTES if sliced else max(len(chunk), 1)
-        for start in range(0, len(chunk), step):
-            out = transform(chunk[start : start + step])
-            if out:
-                message = {"type": "http.response.body", "body": out, "more_body": True}
-                await send(message)
+        return
+    step = step or max(len(chunk), 1)
+    for start in range(0, len(chunk), step):
+        out = transform(chunk[start : start + step])
+        if out:
+            await send({"type": "http.response.body", "body": out, "more_body": True})

@@ -4,10 +4,11 @@ the client leaves, without leaving a cancellation behind for what follows."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp.base_protocol import BaseProtocol
 
 from gateway_service.relay import TRANSFORM_SLICE_BYTES, _pump, until_disconnect
 from shared.asgi import ClientDisconnected
@@ -150,17 +151,25 @@ async def test_until_disconnect_keeps_a_shutdown_that_meets_a_disconnect() -> No
         await task
 
 
+class Response:
+    """What `_pump` reads of an aiohttp response: its body, here a real aiohttp
+    StreamReader fed as aiohttp's HTTP parser feeds it, one HTTP chunk at a time."""
+
+    def __init__(self, http_chunks: list[bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        self.content = aiohttp.StreamReader(BaseProtocol(loop), 2**16, loop=loop)
+        for data in http_chunks:
+            self.content.begin_http_chunk_receiving()
+            self.content.feed_data(data)
+            self.content.end_http_chunk_receiving()
+        self.content.feed_eof()
+
+
 async def test_a_burst_is_rewritten_and_sent_a_slice_at_a_time() -> None:
-    burst = b"".join(b'data: {"n": %d}\n\n' % i for i in range(2000))
+    events = [b'data: {"n": %d}\n\n' % i for i in range(2000)]
+    burst = b"".join(events)
     seen: list[int] = []
     sent: list[tuple[int, bytes]] = []
-
-    class Content:
-        async def iter_any(self) -> AsyncIterator[bytes]:
-            yield burst
-
-    class Response:
-        content = Content()
 
     def transform(data: bytes) -> bytes:
         seen.append(len(data))
@@ -169,15 +178,33 @@ async def test_a_burst_is_rewritten_and_sent_a_slice_at_a_time() -> None:
     async def send(message: dict[str, Any]) -> None:
         sent.append((len(seen), message["body"]))
 
-    await _pump(Response(), send, transform, sliced=True)  # type: ignore[arg-type]
+    await _pump(Response(events), send, transform, sliced=True)  # type: ignore[arg-type]
 
-    assert sent[0][0] == 1  # the first slice left before the second was rewritten
-    assert max(seen) <= TRANSFORM_SLICE_BYTES and len(sent) > 1
+    # The first event left alone, before the rest of the burst was even gathered;
+    # then each slice left before the next one was rewritten.
+    assert sent[0] == (1, events[0].upper())
+    assert sent[1][0] == 2
+    assert max(seen) <= TRANSFORM_SLICE_BYTES and len(sent) > 2
     assert b"".join(body for _, body in sent) == burst.upper()
 
     seen.clear()
     sent.clear()
-    await _pump(Response(), send, transform, sliced=False)  # type: ignore[arg-type]
+    json_answer = [b'{"a": "%d"}' % i for i in range(100)]
+    await _pump(Response(json_answer), send, transform, sliced=False)  # type: ignore[arg-type]
 
-    assert seen == [len(burst)]  # a JSON answer keeps its one big write
-    assert [body for _, body in sent] == [burst.upper()]
+    assert len(seen) == 1  # a JSON answer keeps its one big write
+    assert [body for _, body in sent] == [b"".join(json_answer).upper()]
+
+
+async def test_a_stream_without_a_transform_is_relayed_whole() -> None:
+    events = [b"data: %d\n\n" % i for i in range(50)]
+    sent: list[bytes] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["body"])
+
+    await _pump(Response(events), send, None, sliced=True)  # type: ignore[arg-type]
+
+    assert sent[0] == events[0]
+    assert b"".join(sent) == b"".join(events)
+    assert all(sent)  # nothing empty is sent
