@@ -219,6 +219,17 @@ def stream_timings(
     """Back-to-back 200-event streams written at once (TTFB, total) and paced ones,
     written event by event like a model's answer (TTFB, per-event delay). TTFB is
     the first byte of the body (the first event), as a client's SDK sees it."""
+    bursts, paced = stream_runs(
+        target, token, runs=runs, paced_runs=paced_runs, interval_ms=interval_ms
+    )
+    return stream_figures(bursts, paced, interval_ms)
+
+
+def stream_runs(
+    target: Target, token: str, *, runs: int, paced_runs: int, interval_ms: int
+) -> tuple[list[StreamTiming], list[StreamTiming]]:
+    """The timings of `runs` streams written at once and `paced_runs` paced ones,
+    over one keep-alive connection, after one warm-up stream."""
     headers = _headers(target, token)
     host, port, burst = _request_bytes(target.steered(f"-n{EVENTS}"), headers)
     paced_target = target.steered(f"-n{EVENTS}-i{interval_ms}")
@@ -232,11 +243,20 @@ def stream_timings(
         ]
     finally:
         reader.close()
+    return bursts, paced
+
+
+def stream_figures(
+    bursts: list[StreamTiming], paced: list[StreamTiming], interval_ms: int
+) -> dict[str, Any]:
+    """Medians and percentiles of stream timings (pooled over rounds if given so)."""
     delays = sorted(d for timing in paced for d in timing.delays_ms)
     return {
         "ttfb_p50_ms": round(statistics.median(t.ttfb_ms for t in bursts), 3),
         "total_p50_ms": round(statistics.median(t.total_ms for t in bursts), 3),
         "events": bursts[0].events,
+        "streams": len(bursts),
+        "paced_streams": len(paced),
         "paced_interval_ms": interval_ms,
         "paced_ttfb_p50_ms": round(statistics.median(t.ttfb_ms for t in paced), 3),
         "paced_total_p50_ms": round(statistics.median(t.total_ms for t in paced), 1),
