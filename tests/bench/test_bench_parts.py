@@ -100,8 +100,9 @@ def test_stream_timings_read_every_event_of_every_answer(fake_url: str) -> None:
 
     assert figures["events"] == loadgen.EVENTS
     assert figures["paced_events_per_stream"] == loadgen.EVENTS
-    # Paced events arrive one read each (plus the opening and the closing).
-    assert figures["paced_reads_per_stream"] >= loadgen.EVENTS
+    # Paced events are read as they come, not in one piece at the end (how many per
+    # read depends on the machine's load).
+    assert figures["paced_reads_per_stream"] > 10
     assert 0 < figures["ttfb_p50_ms"] <= figures["total_p50_ms"]
     assert figures["paced_total_p50_ms"] >= loadgen.EVENTS * 1
 
