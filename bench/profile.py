@@ -68,6 +68,11 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/profile")
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(py_spy).exists():
+        sys.exit(
+            "bench.profile needs py-spy: "
+            ".venv/bin/pip install -c requirements.lock py-spy"
+        )
     raise_open_file_limit()
     with tempfile.TemporaryDirectory(prefix="subgate-profile-") as tmp:
         stack = Stack(Path(tmp))

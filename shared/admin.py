@@ -134,12 +134,17 @@ def cmd_unban(client: SyncRedis, args: argparse.Namespace) -> dict[str, Any] | s
 
 
 def cmd_unblock(client: SyncRedis, args: argparse.Namespace) -> dict[str, Any] | str:
-    existed = int(client.delete(user_keys(args.user)["block"]))
+    # The request windows go too: while they still hold the requests that caused the
+    # block, the user's next request would exceed the limit again and be blocked again
+    # (with another strike).
+    keys = user_keys(args.user)
+    existed = int(client.delete(keys["block"]))
+    client.delete(keys["minute"], keys["hour"])
     if args.json:
         return {"user": args.user, "changed": existed > 0}
     if existed:
-        return f"Lifted the block on {args.user}."
-    return f"{args.user} was not blocked."
+        return f"Lifted the block on {args.user} and emptied its request windows."
+    return f"{args.user} was not blocked; emptied its request windows."
 
 
 def cmd_revoked(client: SyncRedis, args: argparse.Namespace) -> dict[str, Any] | str:
@@ -210,7 +215,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, run, text in (
         ("show", cmd_show, "everything Redis holds about one user"),
         ("unban", cmd_unban, "lift a ban and clear the strikes"),
-        ("unblock", cmd_unblock, "lift a temporary block"),
+        ("unblock", cmd_unblock, "lift a block, empty the request windows"),
         ("revoked", cmd_revoked, "list a user's revoked purchases"),
         ("restore", cmd_restore, "un-revoke one purchase of a user"),
         ("usage", cmd_usage, "a user's token usage today and this month"),

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared.limits import user_keys
+from shared.limits import Limits, RateLimiter, user_keys
+from shared.redis import create_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 BANNED = "acct:11111111-2222-4333-8444-555555555555"
@@ -83,6 +84,27 @@ def test_admin_show_json_and_lifting(single_url: str, tmp_path: Path) -> None:
     assert unblocked.startswith("Lifted the block")
     assert not client.exists(user_keys(BANNED)["ban"], user_keys(BLOCKED)["block"])
     assert _admin(single_url, tmp_path, "revoked", BANNED).split() == ["2000", "3000"]
+
+
+async def test_admin_unblock_lets_the_user_through_at_once(
+    single_url: str, tmp_path: Path
+) -> None:
+    client = create_redis(single_url, cluster=False)
+    limiter = RateLimiter(client, enabled=True)
+    limits = Limits(3, 0, 0, 300, 0, 86400)
+    try:
+        for _ in range(3):
+            assert (await limiter.check(BLOCKED, limits=limits, otid=None)).allowed
+        refused = await limiter.check(BLOCKED, limits=limits, otid=None)
+        assert refused.reason == "minute"
+
+        out = _admin(single_url, tmp_path, "unblock", BLOCKED)
+
+        assert out.startswith("Lifted the block")
+        # The window that caused the block is empty too: not blocked again at once.
+        assert (await limiter.check(BLOCKED, limits=limits, otid=None)).allowed
+    finally:
+        await client.aclose()
 
 
 def test_admin_reports_unreachable_redis(tmp_path: Path) -> None:
