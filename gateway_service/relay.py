@@ -120,7 +120,7 @@ async def _pump(
     # A stream's first event leaves on its own: when a burst of events came in one
     # read, taking all of them at once first joins every HTTP chunk of the burst
     # (about 1 µs each in aiohttp), and the first event would wait for that.
-    # (A JSON answer is not read until it is whole: it keeps its big writes.)
+    # (A client reads a JSON answer only once it is whole: it keeps its big writes.)
     step = TRANSFORM_SLICE_BYTES if sliced else 0
     if sliced:
         first, _ = await reader.readchunk()
