@@ -134,14 +134,14 @@ def cmd_unban(client: SyncRedis, args: argparse.Namespace) -> dict[str, Any] | s
 
 
 def cmd_unblock(client: SyncRedis, args: argparse.Namespace) -> dict[str, Any] | str:
-    # The request windows go too: while they still hold the requests that caused the
-    # block, the user's next request would exceed the limit again and be blocked again
-    # (with another strike).
+    # The request windows go too: while they hold the requests that caused the block,
+    # the user's next request would be blocked again (with another strike). One DEL of
+    # all three keys (one hash tag, one slot), so a retry cannot land between them.
     keys = user_keys(args.user)
-    existed = int(client.delete(keys["block"]))
-    client.delete(keys["minute"], keys["hour"])
+    existed = bool(client.exists(keys["block"]))
+    client.delete(keys["block"], keys["minute"], keys["hour"])
     if args.json:
-        return {"user": args.user, "changed": existed > 0}
+        return {"user": args.user, "changed": existed, "windows_emptied": True}
     if existed:
         return f"Lifted the block on {args.user} and emptied its request windows."
     return f"{args.user} was not blocked; emptied its request windows."

@@ -107,6 +107,24 @@ async def test_admin_unblock_lets_the_user_through_at_once(
         await client.aclose()
 
 
+def test_admin_unblock_empties_the_windows_on_a_cluster(
+    cluster_url: str, tmp_path: Path
+) -> None:
+    client = redis.RedisCluster.from_url(cluster_url)
+    keys = user_keys(BLOCKED)
+    client.set(keys["block"], "minute", ex=300)
+    client.zadd(keys["minute"], {"a": 1})
+    client.zadd(keys["hour"], {"a": 1})
+
+    out = json.loads(
+        _admin(cluster_url, tmp_path, "--json", "unblock", BLOCKED, cluster=True)
+    )
+
+    assert out == {"user": BLOCKED, "changed": True, "windows_emptied": True}
+    assert not client.exists(keys["block"], keys["minute"], keys["hour"])
+    client.close()
+
+
 def test_admin_reports_unreachable_redis(tmp_path: Path) -> None:
     with pytest.raises(subprocess.CalledProcessError) as failed:
         _admin("redis://127.0.0.1:1/0", tmp_path, "bans")
