@@ -148,32 +148,35 @@ class _StreamReader:
 
     def exchange(self, request: bytes) -> tuple[int, int, list[tuple[int, bytes]]]:
         """Send one request; (status, send time, [(arrival ns, body bytes), ...])."""
-        state: dict[str, Any] = {"done": False, "body": b""}
-        parser = httptools.HttpResponseParser(_Callbacks(state))
+        answer = _Answer()
+        parser = httptools.HttpResponseParser(answer)
         arrivals: list[tuple[int, bytes]] = []
         started = time.monotonic_ns()
         self._sock.sendall(request)
-        while not state["done"]:
+        while not answer.done:
             data = self._sock.recv(1 << 20)
             arrived = time.monotonic_ns()
             if not data:
                 raise ConnectionError("the server closed the connection")
-            state["body"] = b""
             parser.feed_data(data)
-            if state["body"]:
-                arrivals.append((arrived, state["body"]))
+            if answer.body:
+                arrivals.append((arrived, b"".join(answer.body)))
+                answer.body.clear()
         return parser.get_status_code(), started, arrivals
 
 
-class _Callbacks:
-    def __init__(self, state: dict[str, Any]) -> None:
-        self._state = state
+class _Answer:
+    """httptools' callbacks: the body bytes of the current read, and the end."""
+
+    def __init__(self) -> None:
+        self.body: list[bytes] = []
+        self.done = False
 
     def on_body(self, body: bytes) -> None:
-        self._state["body"] += body
+        self.body.append(body)
 
     def on_message_complete(self) -> None:
-        self._state["done"] = True
+        self.done = True
 
 
 def _request_bytes(target: Target, headers: dict[str, str]) -> tuple[str, int, bytes]:
