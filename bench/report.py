@@ -8,6 +8,9 @@ from typing import Any
 
 import orjson
 
+# What the gateway is compared with, in the table's ratio rows and the chart.
+REFERENCES = ("direct", "nginx", "bare")
+REFERENCE_NAMES = {"direct": "direct", "nginx": "nginx", "bare": "bare stack"}
 TARGETS_TEXT = {
     "rps_c50": "≥ 2,000 requests/s at 50 connections",
     "added_p50_c1_ms": "≤ 1 ms added to p50 at 1 connection",
@@ -96,8 +99,9 @@ def table(result: dict[str, Any]) -> str:
                 f"| {_fmt(s.get('paced_ttfb_p50_ms'), 3)} "
                 f"| {_fmt(s.get('chunk_delay_p99_ms'), 3)} |"
             )
-        for ref in ("direct", "nginx"):
-            lines.append(_ratio_row(suite, rows, streams, ref))
+        for ref in REFERENCES:
+            if ref in rows:
+                lines.append(_ratio_row(suite, rows, streams, ref))
     return "\n".join(lines)
 
 
@@ -113,12 +117,13 @@ def _ratio_row(
         return f"+{gw[c][key] - base[c][key]:.3f}"
 
     def stream(key: str) -> str:
-        if not streams:
+        if ref not in streams or "gateway" not in streams:
             return "-"
         return f"+{streams['gateway'][key] - streams[ref][key]:.3f}"
 
     return (
-        f"| {suite} | gateway vs {ref} | {rps('c1')} | {added('c1', 'p50_ms')} "
+        f"| {suite} | gateway vs {REFERENCE_NAMES[ref]} | {rps('c1')} "
+        f"| {added('c1', 'p50_ms')} "
         f"| {added('c1', 'p99_ms')} | {rps('c50')} | {added('c50', 'p50_ms')} "
         f"| {added('c50', 'p99_ms')} | {stream('ttfb_p50_ms')} "
         f"| {stream('total_p50_ms')} | {stream('paced_ttfb_p50_ms')} "
@@ -145,6 +150,9 @@ def extras(result: dict[str, Any]) -> str:
                 + ", ".join(_fmt(r, 0) for r in spread)
                 + " (the table shows the median round)"
             )
+    for suite, streams in result.get("streams", {}).items():
+        if {"direct", "bare", "gateway"} <= streams.keys():
+            lines.append(_first_byte_shares(suite, streams))
     for suite, m in result.get("memory", {}).items():
         lines.append(
             f"- {suite}: {m['opened']}/{m['streams']} streams open at once "
@@ -186,6 +194,22 @@ def extras(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _first_byte_shares(suite: str, streams: dict[str, Any]) -> str:
+    """How much of the gateway's added first byte the bare stack already adds."""
+    direct, bare, gateway = (streams[n] for n in ("direct", "bare", "gateway"))
+
+    def added(key: str) -> str:
+        stack = bare[key] - direct[key]
+        own = gateway[key] - bare[key]
+        return f"the stack +{stack:.3f} ms, Subgate's own work +{own:.3f} ms"
+
+    return (
+        f"- {suite}: first byte over a direct call: "
+        f"answer sent at once: {added('ttfb_p50_ms')}; "
+        f"paced answer: {added('paced_ttfb_p50_ms')}"
+    )
+
+
 def chart(result: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -193,7 +217,8 @@ def chart(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     suites = list(result["requests"])
-    names = ["direct", "nginx", "gateway"]
+    present = result["requests"][suites[0]]
+    names = [n for n in ("direct", "nginx", "bare", "gateway") if n in present]
     panels = [
         (
             "requests/s at 50 connections",

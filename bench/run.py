@@ -46,20 +46,23 @@ TOKENS = 200
 
 
 def request_targets(stack: Stack) -> dict[str, dict[str, Target]]:
-    """Per suite: the direct call, the nginx hop and the gateway."""
+    """Per suite: the direct call, the nginx hop, the bare stack and the gateway."""
     up = f"http://127.0.0.1:{stack.upstream_port}"
     hop = f"http://127.0.0.1:{stack.hop_port}"
+    bare = f"http://127.0.0.1:{stack.bare_port}/fixed"
     gw = f"http://127.0.0.1:{stack.gateway_port}"
     chat, messages = "/v1/chat/completions", "/v1/messages"
     return {
         "openai": {
             "direct": Target("direct", up + chat, OPENAI_BODY),
             "nginx": Target("nginx", hop + chat, OPENAI_BODY),
+            "bare": Target("bare", bare + chat, OPENAI_BODY),
             "gateway": Target("gateway", gw + chat, OPENAI_BODY, auth=True),
         },
         "claude": {
             "direct": Target("direct", up + messages, ANTHROPIC_BODY),
             "nginx": Target("nginx", hop + messages, ANTHROPIC_BODY),
+            "bare": Target("bare", bare + messages, ANTHROPIC_BODY),
             "gateway": Target("gateway", gw + chat, CLAUDE_BODY, auth=True),
         },
     }
@@ -68,6 +71,7 @@ def request_targets(stack: Stack) -> dict[str, dict[str, Target]]:
 def stream_targets(stack: Stack) -> dict[str, dict[str, Target]]:
     up = f"http://127.0.0.1:{stack.stream_port}"
     hop = f"http://127.0.0.1:{stack.hop_stream_port}"
+    bare = f"http://127.0.0.1:{stack.bare_port}/stream"
     gw = f"http://127.0.0.1:{stack.gateway_port}"
     chat, messages = "/v1/chat/completions", "/v1/messages"
     openai = {**OPENAI_BODY, "stream": True}
@@ -76,6 +80,7 @@ def stream_targets(stack: Stack) -> dict[str, dict[str, Target]]:
         "openai": {
             "direct": Target("direct", up + chat, openai),
             "nginx": Target("nginx", hop + chat, openai),
+            "bare": Target("bare", bare + chat, openai),
             "gateway": Target(
                 "gateway", gw + chat, {**openai, "model": STREAM_MODEL}, auth=True
             ),
@@ -83,6 +88,7 @@ def stream_targets(stack: Stack) -> dict[str, dict[str, Target]]:
         "claude": {
             "direct": Target("direct", up + messages, anthropic),
             "nginx": Target("nginx", hop + messages, anthropic),
+            "bare": Target("bare", bare + messages, anthropic),
             "gateway": Target(
                 "gateway",
                 gw + chat,

@@ -1,5 +1,6 @@
 """The processes `make bench` measures: a fake provider (nginx for fixed answers,
-bench/fake_stream.py for streams), an nginx hop in front of it, Redis, and one gateway
+bench/fake_stream.py for streams), an nginx hop in front of it, Redis, the bare stack
+(bench/bare_stack.py: the gateway's libraries without Subgate's logic) and one gateway
 worker with session tokens and the rate limiter on.
 """
 
@@ -73,6 +74,7 @@ class Stack:
     stream_port: int = field(default_factory=free_port)
     hop_port: int = field(default_factory=free_port)
     hop_stream_port: int = field(default_factory=free_port)
+    bare_port: int = field(default_factory=free_port)
     redis_port: int = field(default_factory=free_port)
     gateway: ServiceProcess | None = None
     _processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -96,6 +98,16 @@ class Stack:
         }
         self._spawn_nginx("hop", self.hop_port, hop_values)
         self._spawn_redis()
+        self._spawn(
+            "bare_stack",
+            [
+                sys.executable, "-m", "bench.bare_stack", str(self.bare_port),
+                "--redis", self.redis_url,
+                "--fixed", f"http://127.0.0.1:{self.upstream_port}",
+                "--stream", f"http://127.0.0.1:{self.stream_port}",
+            ],
+            self.bare_port,
+        )  # fmt: skip
         self._start_gateway()
 
     def start_fixed_upstream(self) -> None:

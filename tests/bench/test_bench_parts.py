@@ -12,6 +12,7 @@ from pathlib import Path
 import anthropic
 import openai
 import pytest
+import redis
 from prometheus_client import start_http_server
 
 from bench import loadgen, report
@@ -85,6 +86,50 @@ def test_fake_stream_is_an_anthropic_stream(fake_url: str, model: str) -> None:
     assert text.count(" ") == 4
     assert message.stop_reason == "end_turn"
     assert message.usage.output_tokens == 4
+
+
+@pytest.fixture
+def bare_url(fake_url: str, redis_server: RedisServer) -> Iterator[str]:
+    port = free_port()
+    args = [sys.executable, "-m", "bench.bare_stack", str(port)]
+    args += ["--redis", redis_server.url, "--fixed", fake_url, "--stream", fake_url]
+    process = subprocess.Popen(args)
+    try:
+        wait_port(port, process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_bare_stack_relays_both_streams_with_one_redis_write_each(
+    bare_url: str, redis_server: RedisServer
+) -> None:
+    counter = redis.Redis(port=redis_server.port)
+    before = int(counter.get("bare:count") or 0)
+    openai_client = openai.OpenAI(
+        base_url=bare_url + "/stream/v1", api_key="unused", max_retries=0
+    )
+    claude = anthropic.Anthropic(
+        base_url=bare_url + "/stream", api_key="unused", max_retries=0
+    )
+
+    chunks = list(
+        openai_client.chat.completions.create(
+            model="gpt-bench-n3-i1",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+        )
+    )
+    with claude.messages.stream(
+        model="claude-bench-n4", max_tokens=16, messages=[]
+    ) as stream:
+        text = "".join(stream.text_stream)
+
+    assert "".join(c.choices[0].delta.content or "" for c in chunks).count(" ") == 3
+    assert text.count(" ") == 4
+    assert int(counter.get("bare:count") or 0) - before == 2
+    counter.close()
 
 
 def test_stream_timings_read_every_event_of_every_answer(fake_url: str) -> None:
