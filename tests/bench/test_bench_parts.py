@@ -105,31 +105,33 @@ def bare_url(fake_url: str, redis_server: RedisServer) -> Iterator[str]:
 def test_bare_stack_relays_both_streams_with_one_redis_write_each(
     bare_url: str, redis_server: RedisServer
 ) -> None:
-    counter = redis.Redis(port=redis_server.port)
-    before = int(counter.get("bare:count") or 0)
-    openai_client = openai.OpenAI(
-        base_url=bare_url + "/stream/v1", api_key="unused", max_retries=0
-    )
-    claude = anthropic.Anthropic(
-        base_url=bare_url + "/stream", api_key="unused", max_retries=0
-    )
+    with (
+        redis.Redis(port=redis_server.port) as counter,
+        openai.OpenAI(
+            base_url=bare_url + "/stream/v1", api_key="unused", max_retries=0
+        ) as openai_client,
+        anthropic.Anthropic(
+            base_url=bare_url + "/stream", api_key="unused", max_retries=0
+        ) as claude,
+    ):
+        before = int(counter.get("bare:count") or 0)
 
-    chunks = list(
-        openai_client.chat.completions.create(
-            model="gpt-bench-n3-i1",
-            messages=[{"role": "user", "content": "hi"}],
-            stream=True,
+        chunks = list(
+            openai_client.chat.completions.create(
+                model="gpt-bench-n3-i1",
+                messages=[{"role": "user", "content": "hi"}],
+                stream=True,
+            )
         )
-    )
-    with claude.messages.stream(
-        model="claude-bench-n4", max_tokens=16, messages=[]
-    ) as stream:
-        text = "".join(stream.text_stream)
+        with claude.messages.stream(
+            model="claude-bench-n4", max_tokens=16, messages=[]
+        ) as stream:
+            text = "".join(stream.text_stream)
 
+        counted = int(counter.get("bare:count") or 0) - before
     assert "".join(c.choices[0].delta.content or "" for c in chunks).count(" ") == 3
     assert text.count(" ") == 4
-    assert int(counter.get("bare:count") or 0) - before == 2
-    counter.close()
+    assert counted == 2
 
 
 def test_stream_timings_read_every_event_of_every_answer(fake_url: str) -> None:
