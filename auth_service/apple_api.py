@@ -31,7 +31,7 @@ from appstoreserverlibrary.models.Environment import Environment
 from appstoreserverlibrary.models.StatusResponse import StatusResponse
 
 from shared.errors import Unavailable
-from shared.redis import AsyncRedis, RedisHealth, ready, unavailable_on_failure
+from shared.redis import AsyncRedis, RedisHealth, deadline, unavailable_on_failure
 from shared.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -348,8 +348,8 @@ class AppleAPI:
 
     async def _read(self, key: str) -> dict[str, Any] | None:
         with unavailable_on_failure(self._health):
-            await ready(self._redis)
-            raw = await self._redis.get(_cache_key(key))
+            async with deadline(self._redis):
+                raw = await self._redis.get(_cache_key(key))
         if raw is None:
             return None
         try:
@@ -363,7 +363,8 @@ class AppleAPI:
             return
         ttl = self._cache_seconds + STALE_SECONDS
         with unavailable_on_failure(self._health):
-            await self._redis.set(_cache_key(key), orjson.dumps(value), ex=ttl)
+            async with deadline(self._redis):
+                await self._redis.set(_cache_key(key), orjson.dumps(value), ex=ttl)
 
 
 class _NotFound(Exception):

@@ -13,7 +13,6 @@ Time is Redis's (`TIME` inside the script), so gateway clocks never matter.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from dataclasses import dataclass
@@ -28,12 +27,11 @@ from shared.errors import (
     Unavailable,
 )
 from shared.redis import (
-    OPERATION_TIMEOUT_SECONDS,
     REDIS_ERRORS,
     AsyncRedis,
     CoalescedScript,
     RedisHealth,
-    ready,
+    deadline,
     unavailable_on_failure,
 )
 from shared.settings import Settings
@@ -291,8 +289,7 @@ class RateLimiter:
         limiter off, the budget takes a second script after the revocation check.
         """
         try:
-            async with asyncio.timeout(OPERATION_TIMEOUT_SECONDS):
-                await ready(self._redis)
+            async with deadline(self._redis):
                 if self._enabled:
                     decision = await self._run_check(
                         user, limits, otid or "", reservation
@@ -315,10 +312,10 @@ class RateLimiter:
             return
         keys = user_keys(user)
         try:
-            await ready(self._redis)
-            await self._give_back(
-                keys=[keys["minute"], keys["hour"]], args=[decision.member]
-            )
+            async with deadline(self._redis):
+                await self._give_back(
+                    keys=[keys["minute"], keys["hour"]], args=[decision.member]
+                )
         except REDIS_ERRORS as exc:
             self._health.record_failure(exc)
 
@@ -418,10 +415,10 @@ class LoginLimiter:
             return None
         key = f"subgate:login:{{{address}}}"
         try:
-            await ready(self._redis)
-            retry_after = await self._script(
-                keys=[key], args=[self._limit, os.urandom(6).hex()]
-            )
+            async with deadline(self._redis):
+                retry_after = await self._script(
+                    keys=[key], args=[self._limit, os.urandom(6).hex()]
+                )
         except REDIS_ERRORS as exc:
             self._health.record_failure(exc)
             if self._fail_open:
@@ -436,6 +433,5 @@ async def is_banned(
 ) -> bool:
     """Whether an operator must lift a ban before `user` may log in."""
     with unavailable_on_failure(health):
-        await ready(redis)
-        key = user_keys(user)["ban"]
-        return bool(await redis.hexists(key, "banned_at"))
+        async with deadline(redis):
+            return bool(await redis.hexists(user_keys(user)["ban"], "banned_at"))

@@ -11,7 +11,7 @@ the gateway's limiter script checks. Beside it, under the same hash tag:
 
 from __future__ import annotations
 
-from shared.redis import AsyncRedis, RedisHealth, ready, unavailable_on_failure
+from shared.redis import AsyncRedis, RedisHealth, deadline, unavailable_on_failure
 
 SEEN_TTL_SECONDS = 30 * 24 * 3600
 
@@ -54,26 +54,25 @@ class RevocationStore:
 
     async def revoke(self, user: str, otid: str) -> None:
         with unavailable_on_failure(self._health):
-            await ready(self._redis)
-            await self._redis.sadd(revoked_key(user), otid)
+            async with deadline(self._redis):
+                await self._redis.sadd(revoked_key(user), otid)
 
     async def restore(self, user: str, otid: str) -> None:
         with unavailable_on_failure(self._health):
-            await ready(self._redis)
-            await self._redis.srem(revoked_key(user), otid)
+            async with deadline(self._redis):
+                await self._redis.srem(revoked_key(user), otid)
 
     async def is_revoked(self, user: str, otid: str) -> bool:
         with unavailable_on_failure(self._health):
-            await ready(self._redis)
-            key = revoked_key(user)
-            return bool(await self._redis.sismember(key, otid))
+            async with deadline(self._redis):
+                return bool(await self._redis.sismember(revoked_key(user), otid))
 
     async def revoked(self, user: str) -> set[str]:
         """Every revoked originalTransactionId of `user`."""
         with unavailable_on_failure(self._health):
-            await ready(self._redis)
-            key = revoked_key(user)
-            return {str(otid) for otid in await self._redis.smembers(key)}
+            async with deadline(self._redis):
+                members = await self._redis.smembers(revoked_key(user))
+        return {str(otid) for otid in members}
 
     async def apply(
         self,
@@ -95,5 +94,5 @@ class RevocationStore:
         ]
         args = [otid, "1" if revoke else "0", signed_date_ms, SEEN_TTL_SECONDS]
         with unavailable_on_failure(self._health):
-            await ready(self._redis)
-            return bool(await self._apply(keys=keys, args=args))
+            async with deadline(self._redis):
+                return bool(await self._apply(keys=keys, args=args))

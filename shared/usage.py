@@ -28,12 +28,11 @@ import redis.asyncio
 
 from shared.errors import Unavailable
 from shared.redis import (
-    OPERATION_TIMEOUT_SECONDS,
     REDIS_ERRORS,
     AsyncRedis,
     RedisHealth,
     SyncRedis,
-    ready,
+    deadline,
     run_pipelined,
 )
 
@@ -364,8 +363,7 @@ class UsageLedger:
     async def reserve(self, user: str, reservation: Reservation) -> BudgetDecision:
         """Check the budget and hold tokens on its own (when the limiter is off)."""
         try:
-            async with asyncio.timeout(OPERATION_TIMEOUT_SECONDS):
-                await ready(self._redis)
+            async with deadline(self._redis):
                 reply = await self._reserve(
                     keys=list(usage_keys(user).values()),
                     args=reservation.script_args(),
@@ -392,8 +390,7 @@ class UsageLedger:
     async def report(self, user: str) -> UsageReport:
         """This user's usage now; Unavailable when Redis fails."""
         try:
-            async with asyncio.timeout(OPERATION_TIMEOUT_SECONDS):
-                await ready(self._redis)
+            async with deadline(self._redis):
                 reply = await self._read(keys=list(usage_keys(user).values()))
         except REDIS_ERRORS as exc:
             self._health.record_failure(exc)
@@ -415,7 +412,7 @@ class UsageLedger:
             for user, charge in batch.items()
         ]
         try:
-            async with asyncio.timeout(OPERATION_TIMEOUT_SECONDS):
+            async with deadline(self._redis):
                 replies = await run_pipelined(self._redis, self._settle, calls)
         except REDIS_ERRORS as exc:
             self._health.record_failure(exc)
@@ -433,8 +430,7 @@ class UsageLedger:
         args = _settle_args(charge)
         inp, out = args[0], args[1]
         try:
-            async with asyncio.timeout(OPERATION_TIMEOUT_SECONDS):
-                await ready(self._redis)
+            async with deadline(self._redis):
                 await self._settle(keys=list(usage_keys(user).values()), args=args)
         except REDIS_ERRORS as exc:
             self._health.record_failure(exc)

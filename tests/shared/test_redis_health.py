@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio
 from redis.asyncio.connection import UnixDomainSocketConnection
 
 from shared.errors import Unavailable
-from shared.limits import Limits, LoginLimiter, RateLimiter, is_banned
-from shared.redis import RedisHealth, create_redis
+from shared.limits import Decision, Limits, LoginLimiter, RateLimiter, is_banned
+from shared.redis import OPERATION_TIMEOUT_SECONDS, RedisHealth, create_redis
+from shared.revocations import RevocationStore
+from shared.usage import Budget, Charge, Reservation, UsageLedger
 from tests.support.redis_server import RedisServer, free_port
 
 USER = "txn:2000000123456789"
@@ -93,7 +96,8 @@ def test_create_redis_accepts_unix_and_tls_urls() -> None:
     assert isinstance(unix, redis.asyncio.Redis)
     unix_kwargs = unix.connection_pool.connection_kwargs
     assert unix_kwargs["path"] == "/tmp/subgate-test.sock"
-    assert unix_kwargs["socket_timeout"] == 0.5
+    assert unix_kwargs["socket_connect_timeout"] == 0.5
+    assert unix_kwargs["socket_timeout"] is None  # each operation has its deadline
     assert issubclass(unix.connection_pool.connection_class, UnixDomainSocketConnection)
     assert issubclass(tls.connection_pool.connection_class, redis.asyncio.SSLConnection)
 
@@ -134,3 +138,73 @@ def test_redis_health_logs_nothing_while_healthy(
         health.record_failure(ConnectionError("refused"))
 
     assert len(_outage_lines(caplog)) == 1
+
+
+@pytest.fixture
+async def silent_url() -> AsyncIterator[str]:
+    """A server that accepts connections and reads, but never answers (a frozen
+    Redis, or one behind a dropped network path)."""
+
+    async def swallow(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        while await reader.read(65536):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.close()
+
+
+async def test_every_operation_gives_up_within_its_deadline(silent_url: str) -> None:
+    """The asyncio clients have no socket timeout: each operation's own deadline is
+    what stops a silent Redis from holding a request."""
+    client = create_redis(silent_url, cluster=False)
+    health = RedisHealth(client)
+    limiter = RateLimiter(client, enabled=True, health=health)
+    ledger = UsageLedger(client, health=health)
+    revocations = RevocationStore(client, health=health)
+    reservation = Reservation.new(10, Budget(daily=1000))
+    decision = Decision(allowed=True, reason="ok", member="m")
+    unavailable = {
+        "check": limiter.check(USER, limits=LIMITS, otid="1"),
+        "login": LoginLimiter(client, 5, health=health).hit("203.0.113.9"),
+        "is_banned": is_banned(client, USER, health=health),
+        "reserve": ledger.reserve(USER, reservation),
+        "report": ledger.report(USER),
+        "revoke": revocations.revoke(USER, "1"),
+        "restore": revocations.restore(USER, "1"),
+        "is_revoked": revocations.is_revoked(USER, "1"),
+        "revoked": revocations.revoked(USER),
+        "apply": revocations.apply(
+            USER, "1", revoke=True, notification_uuid="u", signed_date_ms=1
+        ),
+    }
+    quiet = {
+        "give_back": limiter.give_back(USER, decision),
+        "settle_many": ledger.settle_many(USER, Charge(1, 1, 1)),
+        "settle_batch": ledger.settle_batch({USER: Charge(1, 1, 1), "u2": Charge()}),
+        "probe": health.probe(),
+    }
+    started = time.monotonic()
+
+    async with asyncio.timeout(OPERATION_TIMEOUT_SECONDS + 3):  # one without: fails
+        outcomes = await asyncio.gather(
+            *unavailable.values(), *quiet.values(), return_exceptions=True
+        )
+
+    elapsed = time.monotonic() - started
+    named = dict(zip([*unavailable, *quiet], outcomes, strict=True))
+    for name in unavailable:
+        assert isinstance(named[name], Unavailable), (name, named[name])
+    assert named["give_back"] is None
+    assert named["settle_many"] is False
+    assert named["settle_batch"] is None
+    assert named["probe"] is False
+    assert OPERATION_TIMEOUT_SECONDS <= elapsed < OPERATION_TIMEOUT_SECONDS + 1.5
+    assert not health.healthy
+    await client.aclose()
