@@ -2,11 +2,14 @@
 
 One uvicorn worker (uvloop, httptools) that reads the request, makes one Redis round
 trip through the gateway's own redis-py client (`shared.redis.create_redis`: the same
-pool, timeouts and packing) running a one-line counting script, and relays the
-provider's answer with an aiohttp session set up as the gateway's is: a stream's first
-HTTP chunk alone, then the rest as it arrives. No token, routing, limits, translation,
-metering, metrics or logs. What the gateway adds over this is Subgate's own work;
-what this adds over a direct call is the price of the stack itself on the machine.
+pool and packing, under the same per-operation deadline) running a one-line counting
+script, and relays the provider's answer with an aiohttp session set up as the
+gateway's is: a stream's first HTTP chunk alone, then the rest as it arrives; a fixed
+answer keeps its Content-Length, as through the gateway. No token, routing, limits,
+translation, metering, metrics or logs, and no sharing of Redis round trips between
+concurrent requests (the gateway's `CoalescedScript`). What the gateway adds over
+this is Subgate's own work; what this adds over a direct call is the price of the
+stack itself on the machine.
 
     .venv/bin/python -m bench.bare_stack PORT --redis URL --fixed URL --stream URL
 
@@ -20,10 +23,10 @@ from typing import Any
 
 import aiohttp
 
-from shared.redis import create_redis
+from shared.redis import create_redis, deadline
 
-# One counter per second, kept a minute: a Redis round trip with a write, as the
-# gateway's admission check makes, without its checks.
+# One counter, kept a minute: a Redis round trip with a write, as the gateway's
+# admission check makes, without its checks.
 COUNT_SCRIPT = """
 local n = redis.call('INCR', KEYS[1])
 if n == 1 then redis.call('EXPIRE', KEYS[1], 60) end
@@ -46,11 +49,13 @@ class BareStack:
             return
         prefix, _, rest = scope["path"][1:].partition("/")
         body = await _read_body(receive)
-        await self._count(keys=["bare:count"], args=[])
+        async with deadline(self._redis):
+            await self._count(keys=["bare:count"], args=[])
         assert self._session is not None
+        query = scope["query_string"].decode("latin-1")
         response = await self._session.request(
             scope["method"],
-            f"{self._upstreams[prefix]}/{rest}",
+            f"{self._upstreams[prefix]}/{rest}" + (f"?{query}" if query else ""),
             data=body,
             headers={"content-type": "application/json", "accept-encoding": "identity"},
             allow_redirects=False,
@@ -58,6 +63,9 @@ class BareStack:
         try:
             stream = response.content_type == "text/event-stream"
             headers = [(b"content-type", response.content_type.encode())]
+            length = response.headers.get("content-length")
+            if length is not None and "content-encoding" not in response.headers:
+                headers.append((b"content-length", length.encode()))
             start = {"type": "http.response.start", "status": response.status}
             await send({**start, "headers": headers})
             if stream:

@@ -111,15 +111,15 @@ def _ratio_row(
     gw, base = rows["gateway"], rows[ref]
 
     def rps(c: str) -> str:
-        return f"x{gw[c]['rps'] / base[c]['rps']:.3f}"
+        return f"x{gw[c]['rps'] / base[c]['rps']:.3f}" if base[c]["rps"] else "-"
 
     def added(c: str, key: str) -> str:
-        return f"+{gw[c][key] - base[c][key]:.3f}"
+        return f"{gw[c][key] - base[c][key]:+.3f}"
 
     def stream(key: str) -> str:
         if ref not in streams or "gateway" not in streams:
             return "-"
-        return f"+{streams['gateway'][key] - streams[ref][key]:.3f}"
+        return f"{streams['gateway'][key] - streams[ref][key]:+.3f}"
 
     return (
         f"| {suite} | gateway vs {REFERENCE_NAMES[ref]} | {rps('c1')} "
@@ -201,13 +201,21 @@ def _first_byte_shares(suite: str, streams: dict[str, Any]) -> str:
     def added(key: str) -> str:
         stack = bare[key] - direct[key]
         own = gateway[key] - bare[key]
-        return f"the stack +{stack:.3f} ms, Subgate's own work +{own:.3f} ms"
+        return f"the stack {stack:+.3f} ms, Subgate's own work {own:+.3f} ms"
 
     return (
         f"- {suite}: first byte over a direct call: "
         f"answer sent at once: {added('ttfb_p50_ms')}; "
         f"paced answer: {added('paced_ttfb_p50_ms')}"
     )
+
+
+def _or_nan(value: Any, suite: str, name: str) -> float:
+    """A bar's value; NaN (no bar) where a run has no such figure."""
+    try:
+        return float(value(suite, name))
+    except KeyError:
+        return math.nan
 
 
 def chart(result: dict[str, Any], path: Path) -> None:
@@ -217,11 +225,14 @@ def chart(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     suites = list(result["requests"])
-    present = result["requests"][suites[0]]
-    names = [n for n in ("direct", "nginx", "bare", "gateway") if n in present]
+    names = [
+        n
+        for n in ("direct", "nginx", "bare", "gateway")
+        if any(n in result["requests"][s] for s in suites)
+    ]
     panels = [
         (
-            "requests/s at 50 connections",
+            "requests/s at 50 connections (log scale)",
             lambda s, n: result["requests"][s][n]["c50"]["rps"],
         ),
         (
@@ -237,14 +248,14 @@ def chart(result: dict[str, Any], path: Path) -> None:
     figure, axes = plt.subplots(2, 2, figsize=(11, 7))
     for axis, (title, value) in zip(axes.flat, panels, strict=True):
         width = 0.8 / len(suites)
+        rates = title.startswith("requests/s")
         for i, suite in enumerate(suites):
-            try:
-                values = [value(suite, n) for n in names]
-            except KeyError:
-                continue
+            values = [_or_nan(value, suite, n) for n in names]
             xs = [x + i * width for x in range(len(names))]
             bars = axis.bar(xs, values, width, label=suite)
-            axis.bar_label(bars, fmt="%.3g", fontsize=7)
+            axis.bar_label(bars, fmt="{:,.0f}" if rates else "%.3g", fontsize=7)
+        if rates:
+            axis.set_yscale("log")
         axis.set_xticks([x + width * (len(suites) - 1) / 2 for x in range(len(names))])
         axis.set_xticklabels(names)
         axis.set_title(title)

@@ -205,9 +205,9 @@ def measure_round_trips(stack: Stack, tokens: list[str]) -> dict[str, Any]:
 
 
 def measure_streams(stack: Stack, tokens: list[str]) -> dict[str, Any]:
-    """Stream timings in rounds in which the direct, nginx and gateway runs take
-    turns, like the wrk rounds, so a slow spell of the VM hits every target alike;
-    each target's figures are the medians of all its rounds' streams together."""
+    """Stream timings in rounds in which the direct, nginx, bare-stack and gateway
+    runs take turns, like the wrk rounds, so a slow spell of the VM hits every target
+    alike; each target's figures are the medians of all its rounds' streams together."""
     # Let the gateway finish what wrk's abandoned requests left it, so the stream
     # figures measure a stream, not the tail of a load test.
     _quiet_redis(stack.redis_client)

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import openai
@@ -102,7 +103,7 @@ def bare_url(fake_url: str, redis_server: RedisServer) -> Iterator[str]:
         process.wait(10)
 
 
-def test_bare_stack_relays_both_streams_with_one_redis_write_each(
+def test_bare_stack_relays_every_route_with_one_redis_write_each(
     bare_url: str, redis_server: RedisServer
 ) -> None:
     with (
@@ -128,10 +129,20 @@ def test_bare_stack_relays_both_streams_with_one_redis_write_each(
         ) as stream:
             text = "".join(stream.text_stream)
 
+        fixed = list(
+            openai_client.with_options(
+                base_url=bare_url + "/fixed/v1"
+            ).chat.completions.create(
+                model="gpt-bench-n2",
+                messages=[{"role": "user", "content": "hi"}],
+                stream=True,
+            )
+        )
         counted = int(counter.get("bare:count") or 0) - before
     assert "".join(c.choices[0].delta.content or "" for c in chunks).count(" ") == 3
     assert text.count(" ") == 4
-    assert counted == 2
+    assert "".join(c.choices[0].delta.content or "" for c in fixed).count(" ") == 2
+    assert counted == 3
 
 
 def test_stream_timings_read_every_event_of_every_answer(fake_url: str) -> None:
@@ -191,6 +202,45 @@ def test_report_checks_both_first_byte_targets() -> None:
     assert checks["added_ttfb_ms"] == {"value": 0.5, "met": True}
     assert checks["added_paced_ttfb_ms"] == {"value": 1.5, "met": False}
     assert checks["rps_c50"]["met"]
+
+
+def test_report_compares_the_gateway_with_every_reference_it_has() -> None:
+    def row(rps: float, p50: float) -> dict[str, Any]:
+        figures = {"rps": rps, "p50_ms": p50, "p99_ms": 2 * p50}
+        return {"c1": figures, "c50": figures}
+
+    def stream(ttfb: float) -> dict[str, float]:
+        keys = ("ttfb_p50_ms", "total_p50_ms", "paced_ttfb_p50_ms")
+        return {**dict.fromkeys(keys, ttfb), "chunk_delay_p99_ms": 0.1}
+
+    result = {
+        "requests": {
+            "openai": {
+                "direct": row(10_000, 0.1),
+                "bare": row(0, 0.9),  # a reference that served nothing
+                "gateway": row(2_000, 0.8),
+            }
+        },
+        "streams": {
+            "openai": {
+                "direct": stream(0.2),
+                "bare": stream(1.0),
+                "gateway": stream(1.5),
+            }
+        },
+    }
+
+    lines = report.table(result).splitlines()
+    shares = report.extras(result)
+
+    assert [line.split(" | ")[1] for line in lines[-2:]] == [
+        "gateway vs direct",
+        "gateway vs bare stack",
+    ]
+    bare = lines[-1].split(" | ")
+    assert bare[2:4] == ["-", "-0.100"]  # no ratio to 0 req/s; faster than the bare one
+    assert bare[8] == "+0.500"
+    assert "the stack +0.800 ms, Subgate's own work +0.500 ms" in shares
 
 
 async def test_round_trips_tells_admission_from_batched_settlement(

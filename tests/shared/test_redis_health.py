@@ -11,11 +11,12 @@ import pytest
 import redis.asyncio
 from redis.asyncio.connection import UnixDomainSocketConnection
 
+from auth_service.apple_api import AppleAPI
 from shared.errors import Unavailable
 from shared.limits import Decision, Limits, LoginLimiter, RateLimiter, is_banned
 from shared.redis import OPERATION_TIMEOUT_SECONDS, RedisHealth, create_redis
 from shared.revocations import RevocationStore
-from shared.usage import Budget, Charge, Reservation, UsageLedger
+from shared.usage import Budget, Charge, Reservation, SettlementBatcher, UsageLedger
 from tests.support.redis_server import RedisServer, free_port
 
 USER = "txn:2000000123456789"
@@ -160,18 +161,32 @@ async def silent_url() -> AsyncIterator[str]:
         server.close()
 
 
-async def test_every_operation_gives_up_within_its_deadline(silent_url: str) -> None:
+@pytest.mark.parametrize("cluster", [False, True], ids=["single", "cluster"])
+async def test_every_operation_gives_up_within_its_deadline(
+    silent_url: str, cluster: bool
+) -> None:
     """The asyncio clients have no socket timeout: each operation's own deadline is
-    what stops a silent Redis from holding a request."""
-    client = create_redis(silent_url, cluster=False)
+    what stops a silent Redis from holding a request (a Cluster client's slot
+    discovery included)."""
+    client = create_redis(silent_url, cluster=cluster)
     health = RedisHealth(client)
     limiter = RateLimiter(client, enabled=True, health=health)
+    unlimited = RateLimiter(client, enabled=False, health=health)
     ledger = UsageLedger(client, health=health)
     revocations = RevocationStore(client, health=health)
+    apple = AppleAPI({}, client, cache_seconds=60, health=health)
+    batcher = SettlementBatcher(ledger)
     reservation = Reservation.new(10, Budget(daily=1000))
     decision = Decision(allowed=True, reason="ok", member="m")
     unavailable = {
-        "check": limiter.check(USER, limits=LIMITS, otid="1"),
+        # Three at once: the limiter's script sends the second and third together.
+        **{
+            f"check{n}": limiter.check(f"{USER}{n}", limits=LIMITS, otid="1")
+            for n in range(3)
+        },
+        "check, limits off": unlimited.check(
+            USER, limits=LIMITS, otid="1", reservation=reservation
+        ),
         "login": LoginLimiter(client, 5, health=health).hit("203.0.113.9"),
         "is_banned": is_banned(client, USER, health=health),
         "reserve": ledger.reserve(USER, reservation),
@@ -183,28 +198,34 @@ async def test_every_operation_gives_up_within_its_deadline(silent_url: str) -> 
         "apply": revocations.apply(
             USER, "1", revoke=True, notification_uuid="u", signed_date_ms=1
         ),
+        "apple cache read": apple._read("k"),
+        "apple cache write": apple._write("k", {"at": 0, "v": {}}),
     }
+    batcher.add(USER, 1, 1)
     quiet = {
         "give_back": limiter.give_back(USER, decision),
         "settle_many": ledger.settle_many(USER, Charge(1, 1, 1)),
         "settle_batch": ledger.settle_batch({USER: Charge(1, 1, 1), "u2": Charge()}),
+        "batcher close": batcher.close(),
         "probe": health.probe(),
     }
     started = time.monotonic()
+    try:
+        async with asyncio.timeout(OPERATION_TIMEOUT_SECONDS + 3):  # one without: fails
+            outcomes = await asyncio.gather(
+                *unavailable.values(), *quiet.values(), return_exceptions=True
+            )
+        elapsed = time.monotonic() - started
+    finally:
+        await client.aclose()
 
-    async with asyncio.timeout(OPERATION_TIMEOUT_SECONDS + 3):  # one without: fails
-        outcomes = await asyncio.gather(
-            *unavailable.values(), *quiet.values(), return_exceptions=True
-        )
-
-    elapsed = time.monotonic() - started
     named = dict(zip([*unavailable, *quiet], outcomes, strict=True))
     for name in unavailable:
         assert isinstance(named[name], Unavailable), (name, named[name])
     assert named["give_back"] is None
     assert named["settle_many"] is False
     assert named["settle_batch"] is None
+    assert named["batcher close"] is None
     assert named["probe"] is False
     assert OPERATION_TIMEOUT_SECONDS <= elapsed < OPERATION_TIMEOUT_SECONDS + 1.5
     assert not health.healthy
-    await client.aclose()
