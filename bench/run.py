@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import platform
 import signal
 import statistics
@@ -137,8 +138,11 @@ def _one_wrk_run(
     before = server_commands(stack.redis_client)
     cpu_before = loadgen.cpu_seconds(stack.gateway_pid)
     gc_before = loadgen.gc_collections(stack.gateway_metrics_port)
+    log_start = stack.gateway_log_size() if target.name == "gateway" else 0
     figures = loadgen.wrk(target, connections, seconds, tokens)
     requests = max(figures["requests"], 1)
+    if target.name == "gateway" and figures["errors"]:
+        figures["gateway_answers"] = _answers_logged(stack.gateway_log_since(log_start))
     if target.name == "gateway":
         cpu = loadgen.cpu_seconds(stack.gateway_pid) - cpu_before
         figures["gateway_cpu_us_per_request"] = round(1e6 * cpu / requests, 1)
@@ -151,8 +155,28 @@ def _one_wrk_run(
     return figures, round(per_request, 2)
 
 
+def _answers_logged(log: str) -> dict[str, Any]:
+    """What the gateway answered during a run wrk saw errors in: the statuses of its
+    access log, and its warning and error lines (the last ten)."""
+    statuses: collections.Counter[int] = collections.Counter()
+    problems = []
+    for line in log.splitlines():
+        try:
+            entry = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            problems.append(line)
+            continue
+        if entry.get("logger") == "subgate.access":
+            statuses[entry.get("status", 0)] += 1
+        elif entry.get("level") in ("warning", "error", "critical"):
+            problems.append(entry.get("message", line))
+    return {"statuses": dict(statuses), "problems": problems[-10:]}
+
+
 def _progress(suite: str, name: str, connections: int, f: dict[str, Any]) -> None:
     errors = f" errors={f['error_kinds']}" if f["errors"] else ""
+    if "gateway_answers" in f:
+        errors += f" gateway answered {f['gateway_answers']}"
     if "gateway_cpu_us_per_request" in f:
         errors += f"  gateway CPU {f['gateway_cpu_us_per_request']} µs/request"
     print(

@@ -210,6 +210,18 @@ class Stack:
         assert self.gateway is not None
         return self.gateway.port
 
+    def gateway_log_size(self) -> int:
+        assert self.gateway is not None
+        path = self.gateway.log_path
+        return path.stat().st_size if path.exists() else 0
+
+    def gateway_log_since(self, offset: int) -> str:
+        """What the gateway logged (JSON lines) after the first `offset` bytes."""
+        assert self.gateway is not None
+        with open(self.gateway.log_path, "rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+
     @property
     def gateway_pid(self) -> int:
         assert self.gateway is not None and self.gateway.process is not None

@@ -16,7 +16,7 @@ import pytest
 import redis
 from prometheus_client import start_http_server
 
-from bench import loadgen, report
+from bench import loadgen, report, run
 from bench.redis_count import round_trips
 from bench.stack import wait_port
 from shared.limits import Limits, RateLimiter
@@ -302,3 +302,24 @@ def test_gc_collections_are_read_from_a_metrics_port() -> None:
 
     assert set(before) == {"0", "1", "2"}
     assert after["2"] == before["2"] + 1
+
+
+def test_a_run_with_errors_shows_what_the_gateway_answered() -> None:
+    log = "\n".join(
+        [
+            '{"logger": "subgate.access", "level": "info", "status": 200}',
+            '{"logger": "subgate.access", "level": "info", "status": 502}',
+            '{"logger": "gateway_service.upstream", "level": "warning",'
+            ' "message": "Upstream openai unreachable: ServerDisconnectedError"}',
+            '{"logger": "subgate.access", "level": "info", "status": 502}',
+            "Traceback (most recent call last):",
+        ]
+    )
+
+    answers = run._answers_logged(log)
+
+    assert answers["statuses"] == {200: 1, 502: 2}
+    assert answers["problems"] == [
+        "Upstream openai unreachable: ServerDisconnectedError",
+        "Traceback (most recent call last):",
+    ]
