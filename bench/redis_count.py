@@ -61,11 +61,16 @@ async def round_trips(
     started = time.monotonic()
     requests = await work()
     seconds = time.monotonic() - started
-    # A marker the monitor sees after every command of `work`.
+    # A marker the monitor sees after every command of `work`; other commands (a
+    # settlement batch, its script's own) may follow it before it is looked for.
+    seen = len(lines)
     _, marker = await asyncio.open_connection(host, port)
     marker.write(b"ECHO bench-monitor-end\r\n")
     await marker.drain()
-    while not any(b"bench-monitor-end" in line for line in lines[-5:]):
+    deadline = time.monotonic() + 10
+    while not any(b"bench-monitor-end" in line for line in lines[seen:]):
+        if time.monotonic() > deadline:
+            raise TimeoutError("MONITOR never showed the end marker")
         await asyncio.sleep(0.01)
     marker.close()
     collector.cancel()

@@ -3,6 +3,7 @@ here by the official SDKs), and a report of several rounds shows their median.""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import subprocess
 import sys
@@ -266,6 +267,33 @@ async def test_round_trips_tells_admission_from_batched_settlement(
     assert counted["admission_round_trips_per_request"] == 1.0
     assert counted["sent"]["EVALSHA (settlement)"] == 2  # one pipelined batch
     assert counted["round_trips_per_request"] == round(5 / 3, 3), counted["sent"]
+
+
+async def test_round_trips_ends_while_other_clients_keep_sending(
+    redis_server: RedisServer,
+) -> None:
+    """Commands after the end marker (a settlement batch, say) must not hide it."""
+    chatter = create_redis(redis_server.url, cluster=False)
+    stop = asyncio.Event()
+
+    async def chat() -> None:
+        while not stop.is_set():
+            await chatter.ping()
+
+    async def work() -> int:
+        await chatter.ping()
+        return 1
+
+    background = asyncio.create_task(chat())
+    try:
+        async with asyncio.timeout(20):
+            counted = await round_trips("127.0.0.1", redis_server.port, work)
+    finally:
+        stop.set()
+        await background
+        await chatter.aclose()
+
+    assert counted["sent"]["PING"] >= 1
 
 
 @pytest.mark.parametrize(("settlements", "met"), [(4, True), (200, False)])
