@@ -48,7 +48,7 @@ class BareStack:
             await self._lifespan(receive, send)
             return
         prefix, _, rest = scope["path"][1:].partition("/")
-        body = await _read_body(receive)
+        body = await read_body(receive)
         async with deadline(self._redis):
             await self._count(keys=["bare:count"], args=[])
         assert self._session is not None
@@ -97,7 +97,8 @@ class BareStack:
                 return
 
 
-async def _read_body(receive: Any) -> bytes:
+async def read_body(receive: Any) -> bytes:
+    """The whole request body from ASGI `receive`."""
     chunks = []
     while True:
         message = await receive()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import loadgen
+from bench.bare_stack import read_body
 from bench.loadgen import Target
 from bench.stack import Stack
 from tests.support.redis_server import free_port
@@ -26,15 +27,6 @@ from tests.support.redis_server import free_port
 CLIENTS = ("aiohttp", "httpx")
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello"}]}
 Forward = Callable[[bytes], Awaitable[tuple[int, bytes]]]
-
-
-async def _read_body(receive: Any) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
 
 
 def _aiohttp_forward(url: str) -> tuple[Forward, Callable[[], Awaitable[None]]]:
@@ -83,7 +75,7 @@ def proxy_app(client: str, url: str) -> Any:
             await close()
             await send({"type": "lifespan.shutdown.complete"})
             return
-        status, body = await forward(await _read_body(receive))
+        status, body = await forward(await read_body(receive))
         headers = [(b"content-type", b"application/json")]
         await send(
             {"type": "http.response.start", "status": status, "headers": headers}

@@ -4,6 +4,7 @@ here by the official SDKs), and a report of several rounds shows their median.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import subprocess
 import sys
@@ -28,16 +29,23 @@ from tests.support.redis_server import RedisServer, free_port
 FAKE = Path(__file__).resolve().parents[2] / "bench" / "fake_stream.py"
 
 
-@pytest.fixture(scope="module")
-def fake_url() -> Iterator[str]:
+@contextlib.contextmanager
+def _serving(args: list[str]) -> Iterator[str]:
+    """A server started with `args` plus a free port; its base URL while it runs."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, str(FAKE), str(port)])
+    process = subprocess.Popen([*args, str(port)])
     try:
         wait_port(port, process)
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def fake_url() -> Iterator[str]:
+    with _serving([sys.executable, str(FAKE)]) as url:
+        yield url
 
 
 @pytest.mark.parametrize("model", ["gpt-bench-n5", "gpt-bench-n5-i1"])
@@ -92,16 +100,10 @@ def test_fake_stream_is_an_anthropic_stream(fake_url: str, model: str) -> None:
 
 @pytest.fixture
 def bare_url(fake_url: str, redis_server: RedisServer) -> Iterator[str]:
-    port = free_port()
-    args = [sys.executable, "-m", "bench.bare_stack", str(port)]
+    args = [sys.executable, "-m", "bench.bare_stack"]
     args += ["--redis", redis_server.url, "--fixed", fake_url, "--stream", fake_url]
-    process = subprocess.Popen(args)
-    try:
-        wait_port(port, process)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
+    with _serving(args) as url:  # the port comes last, after the options
+        yield url
 
 
 def test_bare_stack_relays_every_route_with_one_redis_write_each(
