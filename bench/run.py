@@ -141,9 +141,10 @@ def _one_wrk_run(
     log_start = stack.gateway_log_size() if target.name == "gateway" else 0
     figures = loadgen.wrk(target, connections, seconds, tokens)
     requests = max(figures["requests"], 1)
-    if target.name == "gateway" and figures["errors"]:
-        figures["gateway_answers"] = _answers_logged(stack.gateway_log_since(log_start))
     if target.name == "gateway":
+        if figures["errors"]:
+            log = stack.gateway_log_since(log_start)
+            figures["gateway_answers"] = _answers_logged(log)
         cpu = loadgen.cpu_seconds(stack.gateway_pid) - cpu_before
         figures["gateway_cpu_us_per_request"] = round(1e6 * cpu / requests, 1)
         gc_after = loadgen.gc_collections(stack.gateway_metrics_port)
