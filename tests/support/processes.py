@@ -19,13 +19,28 @@ TEST_JWT_SECRET = "test-secret-for-subgate-tests-0123456789abcdef"
 
 
 class ServiceProcess:
-    """`python -m <module>` with its own environment, logging to a file."""
+    """`python -m <module>` with its own environment, logging to a file.
 
-    def __init__(self, module: str, env: dict[str, str], port: int, log_path: Path):
+    `python` and `cwd` run another interpreter or another checkout (the benchmark's
+    comparisons); `-m` imports the module from `cwd` first.
+    """
+
+    def __init__(
+        self,
+        module: str,
+        env: dict[str, str],
+        port: int,
+        log_path: Path,
+        *,
+        python: str = sys.executable,
+        cwd: Path = REPO,
+    ):
         self.module = module
         self.env = env
         self.port = port
         self.log_path = log_path
+        self.python = python
+        self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -35,8 +50,8 @@ class ServiceProcess:
     def start(self, *, ready_path: str = "/healthz", timeout: float = 20.0) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", self.module],
-            cwd=REPO,
+            [self.python, "-m", self.module],
+            cwd=self.cwd,
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -110,7 +125,13 @@ def start_auth(tmp: Path, env: dict[str, str], name: str = "auth") -> ServicePro
 
 
 def start_gateway(
-    tmp: Path, env: dict[str, str], auth_url: str, name: str = "gateway"
+    tmp: Path,
+    env: dict[str, str],
+    auth_url: str,
+    name: str = "gateway",
+    *,
+    python: str = sys.executable,
+    cwd: Path = REPO,
 ) -> ServiceProcess:
     port = free_port()
     full = {
@@ -120,6 +141,8 @@ def start_gateway(
         "GATEWAY_METRICS_PORT": str(free_port()),
         "AUTH_URL": auth_url,
     }
-    service = ServiceProcess("gateway_service", full, port, tmp / f"{name}.log")
+    service = ServiceProcess(
+        "gateway_service", full, port, tmp / f"{name}.log", python=python, cwd=cwd
+    )
     service.start()
     return service
