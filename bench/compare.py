@@ -9,9 +9,10 @@ variant (B) with other settings, another checkout, or another Python.
 This VM's speed drifts by tens of percent within the hour, so two builds measured in
 separate `make bench` runs cannot be told apart. Here both serve the same fakes and
 Redis, every round runs A and B back to back (in alternating order), and the figures
-are per variant over all rounds: requests/s at 50 connections (median round, and every
-round), p50 at one connection, and the first byte of a 200-event stream written at once
-and of a paced one. Needs what `make bench` needs (wrk only without --streams-only).
+are per variant over all rounds: requests/s at 50 connections (median of the rounds,
+and every round), p50 at one connection, and the first byte of a 200-event stream
+written at once and of a paced one. Needs what `make bench` needs (wrk only without
+--streams-only). A gateway that answers any of the load with errors stops the run.
 """
 
 from __future__ import annotations
@@ -22,20 +23,32 @@ import re
 import statistics
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from bench import loadgen
 from bench.loadgen import Target
-from bench.run import TOKENS, request_targets, stream_targets
+from bench.run import TOKENS, answers_logged, request_targets, stream_targets
 from bench.stack import Stack, raise_open_file_limit
+from shared.settings import Settings
 from tests.support.processes import REPO, ServiceProcess, start_gateway
 
 SUITES = ("openai", "claude")
 STREAMS_PER_TURN = 20
 PACED_PER_TURN = 6  # about 0.45 s each
-_ENV_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SETTINGS = {
+    name
+    for spec in fields(Settings)
+    for name in (spec.metadata["env"], spec.metadata["legacy"])
+    if name
+}
+
+
+class MeasurementError(Exception):
+    """A gateway answered some of the load with errors: its figures mean nothing."""
 
 
 @dataclass
@@ -60,12 +73,16 @@ class Figures:
 
 
 def env_pairs(pairs: list[str]) -> dict[str, str]:
-    """`KEY=VALUE` arguments as a dict; ValueError names the first malformed one."""
+    """`KEY=VALUE` arguments as a dict. ValueError names the first malformed pair, or
+    the first name that is neither a Subgate setting nor Python's (`PYTHON...`): a
+    misspelt name would compare the gateway with itself under another label."""
     env = {}
     for pair in pairs:
         name, equals, value = pair.partition("=")
         if not equals or not _ENV_NAME.fullmatch(name):
             raise ValueError(f"not a setting (KEY=VALUE): {pair!r}")
+        if name not in SETTINGS and not name.startswith("PYTHON"):
+            raise ValueError(f"{name} is not a Subgate setting (see .env.example)")
         env[name] = value
     return env
 
@@ -73,6 +90,16 @@ def env_pairs(pairs: list[str]) -> dict[str, str]:
 def turns(rounds: int) -> list[tuple[str, str]]:
     """Who goes first in each round: A, then B, then A again..."""
     return [("A", "B") if index % 2 == 0 else ("B", "A") for index in range(rounds)]
+
+
+def require_no_errors(name: str, figures: dict[str, Any], log: str) -> None:
+    """Raise MeasurementError when wrk saw errors (wrk counts them as requests)."""
+    if figures["errors"]:
+        raise MeasurementError(
+            f"gateway {name} answered {figures['errors']} of {figures['requests']} "
+            f"requests with errors ({figures['error_kinds']}); it logged "
+            f"{answers_logged(log)}"
+        )
 
 
 def start_variant(
@@ -91,10 +118,10 @@ def start_variant(
 
 def compare(
     stack: Stack,
-    ports: dict[str, int],
+    gateways: dict[str, ServiceProcess],
     *,
     rounds: int,
-    seconds: float,
+    seconds: int,
     streams_only: bool,
     suites: tuple[str, ...] = SUITES,
     streams: tuple[int, int] = (STREAMS_PER_TURN, PACED_PER_TURN),
@@ -105,17 +132,18 @@ def compare(
     for suite in suites:
         request = request_targets(stack)[suite]["gateway"]
         stream = stream_targets(stack)[suite]["gateway"]
-        figures = results[suite] = {name: Figures() for name in ports}
+        figures = results[suite] = {name: Figures() for name in gateways}
         if not streams_only:
-            for port in ports.values():
-                loadgen.wrk(_at_port(request, port), 50, 1, tokens)  # warm-up
+            for gateway in gateways.values():
+                loadgen.wrk(_at_port(request, gateway.port), 50, 1, tokens)  # warm-up
         for index, order in enumerate(turns(rounds), 1):
             for name in order:
-                port, mine = ports[name], figures[name]
+                port, mine = gateways[name].port, figures[name]
                 if not streams_only:
-                    busy = loadgen.wrk(_at_port(request, port), 50, seconds, tokens)
+                    target = _at_port(request, port)
+                    busy = _wrk(name, gateways[name], target, 50, seconds, tokens)
                     mine.c50_rps.append(busy["rps"])
-                    quiet = loadgen.wrk(_at_port(request, port), 1, seconds, tokens)
+                    quiet = _wrk(name, gateways[name], target, 1, seconds, tokens)
                     mine.c1_p50_ms.append(quiet["p50_ms"])
                 bursts, paced = loadgen.stream_runs(
                     _at_port(stream, port),
@@ -130,6 +158,22 @@ def compare(
     return results
 
 
+def _wrk(
+    name: str,
+    gateway: ServiceProcess,
+    target: Target,
+    connections: int,
+    seconds: int,
+    tokens: list[str],
+) -> dict[str, Any]:
+    start = gateway.log_path.stat().st_size if gateway.log_path.exists() else 0
+    figures = loadgen.wrk(target, connections, seconds, tokens)
+    with open(gateway.log_path, "rb") as log:
+        log.seek(start)
+        require_no_errors(name, figures, log.read().decode(errors="replace"))
+    return figures
+
+
 def _at_port(target: Target, port: int) -> Target:
     parts = urlsplit(target.url)
     url = urlunsplit(parts._replace(netloc=f"{parts.hostname}:{port}"))
@@ -139,7 +183,7 @@ def _at_port(target: Target, port: int) -> Target:
 def table(results: dict[str, dict[str, Figures]]) -> str:
     """A Markdown table per suite: A, B and B - A for every figure measured."""
     rows = [
-        ("c50_rps", "requests/s at 50 connections (median round)", "{:,.0f}"),
+        ("c50_rps", "requests/s at 50 connections (median of rounds)", "{:,.0f}"),
         ("c1_p50_ms", "p50 at 1 connection, ms", "{:.3f}"),
         ("burst_ttfb_ms", "first byte, answer written at once, ms", "{:.3f}"),
         ("paced_ttfb_ms", "first byte, paced answer, ms", "{:.3f}"),
@@ -168,11 +212,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--env", nargs="+", action="extend", default=[], metavar="KEY=VALUE"
+    )
     parser.add_argument("--code", type=Path, default=REPO, help="B's checkout")
     parser.add_argument("--python", default=sys.executable, help="B's interpreter")
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--rounds", type=int, default=6, help="an even number")
+    parser.add_argument("--seconds", type=int, default=3, help="per wrk run")
     parser.add_argument("--streams-only", action="store_true")
     args = parser.parse_args()
     try:
@@ -181,10 +227,13 @@ def main() -> None:
         parser.error(str(exc))
     if not (args.code / "gateway_service").is_dir():
         parser.error(f"--code {args.code}: no gateway_service/ in it")
-    if not os.access(args.python, os.X_OK):
-        parser.error(f"--python {args.python}: not an executable")
-    if args.rounds < 1:
-        parser.error("--rounds must be at least 1")
+    python = os.path.abspath(args.python)  # B starts in --code, not here
+    if not (os.path.isfile(python) and os.access(python, os.X_OK)):
+        parser.error(f"--python {args.python}: not an executable file")
+    if args.rounds < 2 or args.rounds % 2:
+        parser.error("--rounds must be even (A and B go first equally often)")
+    if args.seconds < 1:
+        parser.error("--seconds must be at least 1")
 
     raise_open_file_limit()
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
@@ -192,17 +241,19 @@ def main() -> None:
         variant = None
         try:
             stack.start()
-            variant = start_variant(stack, env, args.code.resolve(), args.python)
+            variant = start_variant(stack, env, args.code.resolve(), python)
+            assert stack.gateway is not None
             print(f"A: {REPO} ({sys.executable})")
-            print(f"B: {args.code.resolve()} ({args.python}) {' '.join(args.env)}")
-            ports = {"A": stack.gateway_port, "B": variant.port}
+            print(f"B: {args.code.resolve()} ({python}) {' '.join(args.env)}")
             results = compare(
                 stack,
-                ports,
+                {"A": stack.gateway, "B": variant},
                 rounds=args.rounds,
                 seconds=args.seconds,
                 streams_only=args.streams_only,
             )
+        except MeasurementError as exc:
+            sys.exit(f"bench.compare: {exc}")
         finally:
             if variant is not None:
                 variant.stop()

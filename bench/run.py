@@ -144,7 +144,7 @@ def _one_wrk_run(
     if target.name == "gateway":
         if figures["errors"]:
             log = stack.gateway_log_since(log_start)
-            figures["gateway_answers"] = _answers_logged(log)
+            figures["gateway_answers"] = answers_logged(log)
         cpu = loadgen.cpu_seconds(stack.gateway_pid) - cpu_before
         figures["gateway_cpu_us_per_request"] = round(1e6 * cpu / requests, 1)
         gc_after = loadgen.gc_collections(stack.gateway_metrics_port)
@@ -156,7 +156,7 @@ def _one_wrk_run(
     return figures, round(per_request, 2)
 
 
-def _answers_logged(log: str) -> dict[str, Any]:
+def answers_logged(log: str) -> dict[str, Any]:
     """What the gateway answered during a run wrk saw errors in: the statuses of its
     access log, and its warning and error lines (the last ten)."""
     statuses: collections.Counter[int] = collections.Counter()

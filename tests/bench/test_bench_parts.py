@@ -346,7 +346,7 @@ def test_a_run_with_errors_shows_what_the_gateway_answered() -> None:
         ]
     )
 
-    answers = run._answers_logged(log)
+    answers = run.answers_logged(log)
 
     assert answers["statuses"] == {200: 1, 502: 2}
     assert answers["problems"] == [

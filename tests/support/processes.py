@@ -58,7 +58,11 @@ class ServiceProcess:
             start_new_session=True,
         )
         log.close()
-        self.wait_for(ready_path, timeout)
+        try:
+            self.wait_for(ready_path, timeout)
+        except BaseException:  # never ready, or interrupted: leave nothing running
+            self.stop()
+            raise
 
     def wait_for(self, path: str, timeout: float, status: int = 200) -> None:
         deadline = time.monotonic() + timeout
