@@ -10,9 +10,10 @@ This VM's speed drifts by tens of percent within the hour, so two builds measure
 separate `make bench` runs cannot be told apart. Here both serve the same fakes and
 Redis, every round runs A and B back to back (in alternating order), and the figures
 are per variant over all rounds: requests/s at 50 connections (median of the rounds,
-and every round), p50 at one connection, and the first byte of a 200-event stream
-written at once and of a paced one. Needs what `make bench` needs (wrk only without
---streams-only). A gateway that answers any of the load with errors stops the run.
+and every round), p50 at one connection, the first byte and total time of a 200-event
+stream written at once, and the first byte of a paced one. Needs what `make bench`
+needs (wrk only without --streams-only). A gateway that answers any of the load with
+errors stops the run.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Figures:
     c50_rps: list[float] = field(default_factory=list)
     c1_p50_ms: list[float] = field(default_factory=list)
     burst_ttfb_ms: list[float] = field(default_factory=list)
+    burst_total_ms: list[float] = field(default_factory=list)
     paced_ttfb_ms: list[float] = field(default_factory=list)
 
     def medians(self) -> dict[str, float | None]:
@@ -68,6 +70,7 @@ class Figures:
             "c50_rps": median(self.c50_rps),
             "c1_p50_ms": median(self.c1_p50_ms),
             "burst_ttfb_ms": median(self.burst_ttfb_ms),
+            "burst_total_ms": median(self.burst_total_ms),
             "paced_ttfb_ms": median(self.paced_ttfb_ms),
         }
 
@@ -153,6 +156,7 @@ def compare(
                     interval_ms=2,
                 )
                 mine.burst_ttfb_ms += [timing.ttfb_ms for timing in bursts]
+                mine.burst_total_ms += [timing.total_ms for timing in bursts]
                 mine.paced_ttfb_ms += [timing.ttfb_ms for timing in paced]
             print(f"  {suite}: round {index} of {rounds}", flush=True)
     return results
@@ -186,6 +190,7 @@ def table(results: dict[str, dict[str, Figures]]) -> str:
         ("c50_rps", "requests/s at 50 connections (median of rounds)", "{:,.0f}"),
         ("c1_p50_ms", "p50 at 1 connection, ms", "{:.3f}"),
         ("burst_ttfb_ms", "first byte, answer written at once, ms", "{:.3f}"),
+        ("burst_total_ms", "total time, answer written at once, ms", "{:.3f}"),
         ("paced_ttfb_ms", "first byte, paced answer, ms", "{:.3f}"),
     ]
     lines = []

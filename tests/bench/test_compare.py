@@ -112,8 +112,8 @@ def test_a_service_that_never_gets_ready_is_stopped(tmp_path: Path) -> None:
 
 
 def test_table_shows_each_variant_and_the_change() -> None:
-    a = Figures([2000, 1800, 2200], [0.9, 1.0], [1.5, 1.6, 1.7], [2.0])
-    b = Figures([2400, 2000, 2200], [0.8, 0.9], [1.4], [2.1, 2.3])
+    a = Figures([2000, 1800, 2200], [0.9, 1.0], [1.5, 1.6, 1.7], [3.0], [2.0])
+    b = Figures([2400, 2000, 2200], [0.8, 0.9], [1.4], [2.5, 2.9], [2.1, 2.3])
     streams_only = {"A": Figures(burst_ttfb_ms=[1.0]), "B": Figures(burst_ttfb_ms=[2])}
 
     text = table({"openai": {"A": a, "B": b}, "claude": streams_only})
@@ -123,6 +123,9 @@ def test_table_shows_each_variant_and_the_change() -> None:
     assert "+200 (+10 %)" in openai_part
     assert "| p50 at 1 connection, ms | 0.950 | 0.850 | -0.100 |" in openai_part
     assert "| first byte, paced answer, ms | 2.000 | 2.200 | +0.200 |" in openai_part
+    assert "| total time, answer written at once, ms | 3.000 | 2.700 | -0.300 |" in (
+        openai_part
+    )
     assert "A [2000, 1800, 2200], B [2400, 2000, 2200]" in openai_part
     assert "| first byte, answer written at once, ms | 1.000 | 2.000 | +1.000 |" in (
         claude_part
@@ -160,7 +163,7 @@ def test_both_gateways_are_measured_and_b_runs_its_own_settings(stack: Stack) ->
 
     assert gateways["A"].port != gateways["B"].port
     for figures in results["claude"].values():
-        assert len(figures.burst_ttfb_ms) == 2 * 3
+        assert len(figures.burst_ttfb_ms) == len(figures.burst_total_ms) == 2 * 3
         assert len(figures.paced_ttfb_ms) == 2 * 1
         assert all(0 < ms < 1000 for ms in figures.burst_ttfb_ms)
         assert figures.c50_rps == []
