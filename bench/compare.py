@@ -141,15 +141,15 @@ def compare(
                 loadgen.wrk(_at_port(request, gateway.port), 50, 1, tokens)  # warm-up
         for index, order in enumerate(turns(rounds), 1):
             for name in order:
-                port, mine = gateways[name].port, figures[name]
+                gateway, mine = gateways[name], figures[name]
                 if not streams_only:
-                    target = _at_port(request, port)
-                    busy = _wrk(name, gateways[name], target, 50, seconds, tokens)
+                    target = _at_port(request, gateway.port)
+                    busy = _wrk(name, gateway, target, 50, seconds, tokens)
                     mine.c50_rps.append(busy["rps"])
-                    quiet = _wrk(name, gateways[name], target, 1, seconds, tokens)
+                    quiet = _wrk(name, gateway, target, 1, seconds, tokens)
                     mine.c1_p50_ms.append(quiet["p50_ms"])
                 bursts, paced = loadgen.stream_runs(
-                    _at_port(stream, port),
+                    _at_port(stream, gateway.port),
                     tokens[0],
                     runs=streams[0],
                     paced_runs=streams[1],
@@ -170,11 +170,9 @@ def _wrk(
     seconds: int,
     tokens: list[str],
 ) -> dict[str, Any]:
-    start = gateway.log_path.stat().st_size if gateway.log_path.exists() else 0
+    start = gateway.log_size()
     figures = loadgen.wrk(target, connections, seconds, tokens)
-    with open(gateway.log_path, "rb") as log:
-        log.seek(start)
-        require_no_errors(name, figures, log.read().decode(errors="replace"))
+    require_no_errors(name, figures, gateway.logs_since(start))
     return figures
 
 

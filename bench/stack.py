@@ -212,15 +212,12 @@ class Stack:
 
     def gateway_log_size(self) -> int:
         assert self.gateway is not None
-        path = self.gateway.log_path
-        return path.stat().st_size if path.exists() else 0
+        return self.gateway.log_size()
 
     def gateway_log_since(self, offset: int) -> str:
         """What the gateway logged (JSON lines) after the first `offset` bytes."""
         assert self.gateway is not None
-        with open(self.gateway.log_path, "rb") as log:
-            log.seek(offset)
-            return log.read().decode(errors="replace")
+        return self.gateway.logs_since(offset)
 
     @property
     def gateway_pid(self) -> int:

@@ -85,6 +85,15 @@ class ServiceProcess:
             self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         )
 
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def logs_since(self, offset: int) -> str:
+        """What the process logged after the first `offset` bytes."""
+        with open(self.log_path, "rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         if self.process is None:
             return None
